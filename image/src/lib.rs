@@ -1,0 +1,1 @@
+//! OCI image store: registry pull, layout import/export, layer unpacking, Dockerfile builds.

@@ -1,0 +1,1 @@
+//! Native Linux container runtime: namespaces, mounts, cgroups, and a runc-compatible CLI.

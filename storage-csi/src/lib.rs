@@ -1,0 +1,1 @@
+//! CSI v1 client for any driver and a built-in hostpath CSI driver.
