@@ -1,1 +1,14 @@
-//! Wharf core.
+//! wharf-core: Wharf's object model, store with watch, controller runtime, scheduler, node
+//! agent, and the backend traits with their simulated implementations.
+//!
+//! Everything here is portable: no Linux-only syscalls and no root needed, so the logic is
+//! tested under tokio's paused clock with simulated backends.
+
+pub mod backend;
+pub mod clock;
+pub mod object;
+pub mod store;
+
+pub use clock::Clock;
+pub use object::{Kind, Object, Resource, Typed};
+pub use store::{Api, Store, StoreError};
