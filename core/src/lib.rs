@@ -7,6 +7,7 @@
 pub mod backend;
 pub mod clock;
 pub mod object;
+pub mod quantity;
 pub mod store;
 
 pub use clock::Clock;
