@@ -1,1 +1,12 @@
-//! CNI runtime for real plugins and a native bridge network with IPAM and port mapping.
+//! Pod networking for Wharf, two ways:
+//!
+//! - [`cni`]: a CNI runtime that drives the plugin binaries users already have, as
+//!   libcni does for containerd and CRI-O (spec 1.1, talking to 0.3.x–1.1 plugins);
+//! - [`netns`]: creating and pinning a sandbox's network namespace.
+//!
+//! Everything here logs with `tracing` and returns [`NetworkError`].
+
+pub mod cni;
+mod error;
+
+pub use error::{NetworkError, Result};
