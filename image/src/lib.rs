@@ -12,10 +12,14 @@
 pub mod blobs;
 pub mod digest;
 pub mod error;
+pub mod layout;
 pub mod reference;
+pub mod snapshot;
 pub mod spec;
+pub mod store;
 pub mod unpack;
 
 pub use digest::Digest;
 pub use error::{ImageError, Result};
 pub use reference::Reference;
+pub use store::{Image, ImageStore};

@@ -172,7 +172,7 @@ impl std::fmt::Display for Platform {
 }
 
 /// An image manifest (OCI or Docker schema2).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Manifest {
     /// Always 2.
@@ -190,7 +190,7 @@ pub struct Manifest {
 }
 
 /// An image index or Docker manifest list.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Index {
     /// Always 2.

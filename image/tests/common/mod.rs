@@ -121,3 +121,183 @@ impl Layer {
         zstd::stream::encode_all(&self.tar()[..], 1).unwrap()
     }
 }
+
+use std::path::Path;
+use std::process::Command;
+
+use wharf_image::spec::{media, Descriptor, Index, Manifest};
+use wharf_image::Digest;
+
+/// Runs a command, panicking with its output when it fails.
+pub fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The image config JSON for `layers` (uncompressed tars), with a Cmd and some defaults.
+pub fn config_json(diff_ids: &[Digest], arch: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "created": "2026-11-26T00:00:00Z",
+        "architecture": arch,
+        "os": "linux",
+        "config": {
+            "Env": ["PATH=/bin", "GREETING=hello"],
+            "Cmd": ["/bin/sh"],
+            "Entrypoint": ["/bin/busybox"],
+            "WorkingDir": "/work",
+            "User": "1000:1000",
+            "ExposedPorts": {"8080/tcp": {}},
+            "Volumes": {"/data": {}},
+            "Labels": {"org.example.test": "yes"},
+            "StopSignal": "SIGQUIT"
+        },
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        "history": diff_ids.iter().map(|_| serde_json::json!({"created_by": "test"})).collect::<Vec<_>>()
+    }))
+    .unwrap()
+}
+
+/// A layer blob and its descriptor pieces: (compressed bytes, media type, diff id).
+pub struct Blob {
+    pub bytes: Vec<u8>,
+    pub media_type: &'static str,
+    pub diff_id: Digest,
+}
+
+impl Blob {
+    pub fn gzip(layer: &mut Layer) -> Blob {
+        let tar = layer.tar();
+        let diff_id = Digest::of(&tar);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&tar).unwrap();
+        Blob {
+            bytes: gz.finish().unwrap(),
+            media_type: media::OCI_LAYER_GZIP,
+            diff_id,
+        }
+    }
+    pub fn zstd(layer: &mut Layer) -> Blob {
+        let tar = layer.tar();
+        Blob {
+            diff_id: Digest::of(&tar),
+            bytes: zstd::stream::encode_all(&tar[..], 1).unwrap(),
+            media_type: media::OCI_LAYER_ZSTD,
+        }
+    }
+    pub fn plain(layer: &mut Layer) -> Blob {
+        let tar = layer.tar();
+        Blob {
+            diff_id: Digest::of(&tar),
+            bytes: tar,
+            media_type: media::OCI_LAYER,
+        }
+    }
+}
+
+fn put_blob(dir: &Path, bytes: &[u8]) -> Digest {
+    let d = Digest::of(bytes);
+    let p = dir.join("blobs/sha256").join(d.hex());
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, bytes).unwrap();
+    d
+}
+
+/// Writes one image (manifest + config + layers) into an OCI layout; returns the manifest descriptor.
+pub fn write_image(dir: &Path, layers: &[Blob], arch: &str) -> Descriptor {
+    let config = config_json(
+        &layers.iter().map(|b| b.diff_id.clone()).collect::<Vec<_>>(),
+        arch,
+    );
+    let cd = put_blob(dir, &config);
+    let manifest = Manifest {
+        schema_version: 2,
+        media_type: Some(media::OCI_MANIFEST.into()),
+        config: Descriptor::new(media::OCI_CONFIG, cd, config.len() as u64),
+        layers: layers
+            .iter()
+            .map(|b| Descriptor::new(b.media_type, put_blob(dir, &b.bytes), b.bytes.len() as u64))
+            .collect(),
+        annotations: Default::default(),
+    };
+    let mb = serde_json::to_vec(&manifest).unwrap();
+    let mut desc = Descriptor::new(media::OCI_MANIFEST, put_blob(dir, &mb), mb.len() as u64);
+    desc.platform = Some(wharf_image::spec::Platform {
+        architecture: arch.into(),
+        os: "linux".into(),
+        variant: None,
+    });
+    desc
+}
+
+/// Writes an OCI layout whose index.json lists `entries` under the tag `tag` each.
+pub fn write_layout(dir: &Path, entries: Vec<(Descriptor, &str)>) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    let index = Index {
+        schema_version: 2,
+        media_type: Some(media::OCI_INDEX.into()),
+        manifests: entries
+            .into_iter()
+            .map(|(mut d, tag)| {
+                d.annotations
+                    .insert("org.opencontainers.image.ref.name".into(), tag.into());
+                d
+            })
+            .collect(),
+        annotations: Default::default(),
+    };
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+}
+
+/// Puts an index (two platforms) into the layout's blobs and returns its descriptor.
+pub fn write_index(dir: &Path, manifests: Vec<Descriptor>) -> Descriptor {
+    let index = Index {
+        schema_version: 2,
+        media_type: Some(media::OCI_INDEX.into()),
+        manifests,
+        annotations: Default::default(),
+    };
+    let b = serde_json::to_vec(&index).unwrap();
+    Descriptor::new(media::OCI_INDEX, put_blob(dir, &b), b.len() as u64)
+}
+
+/// A three-layer test image: busybox + applet links; a layer that deletes and changes files;
+/// a zstd layer with an opaque directory.
+pub fn multi_layer_image() -> Vec<Blob> {
+    let busybox = std::fs::read("/bin/busybox").expect("busybox-static installed");
+    let mut l1 = Layer::new();
+    l1.dir("bin")
+        .file_with("bin/busybox", &busybox, 0o755, 0, 0);
+    for applet in ["sh", "ls", "cat", "true", "echo"] {
+        l1.hardlink(&format!("bin/{applet}"), "bin/busybox");
+    }
+    l1.dir("etc")
+        .file("etc/hostname", b"base\n")
+        .file("etc/gone", b"x")
+        .dir("opt")
+        .file("opt/old", b"old");
+    let mut l2 = Layer::new();
+    l2.dir("etc")
+        .file(".wh.etc_none", b"")
+        .file("etc/.wh.gone", b"")
+        .file("etc/hostname", b"changed\n")
+        .file_with("etc/secret", b"s", 0o4750, 1234, 5678)
+        .symlink("etc/link", "/etc/hostname")
+        .fifo("etc/fifo");
+    let mut l3 = Layer::new();
+    l3.dir("opt")
+        .file("opt/.wh..wh..opq", b"")
+        .file("opt/new", b"new")
+        .char_device("dev-null", 1, 3);
+    vec![
+        Blob::gzip(&mut l1),
+        Blob::plain(&mut l2),
+        Blob::zstd(&mut l3),
+    ]
+}
