@@ -8,6 +8,7 @@ pub mod backend;
 pub mod clock;
 pub mod object;
 pub mod quantity;
+pub mod sim;
 pub mod store;
 
 pub use clock::Clock;
