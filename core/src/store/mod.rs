@@ -20,6 +20,8 @@
 //!
 //! Objects are shared as `Arc<Object>`: a list or a watch event never copies an object.
 
+pub mod conformance;
+pub mod memory;
 pub mod selector;
 
 use std::pin::Pin;
@@ -307,7 +309,7 @@ pub trait Store: Send + Sync + 'static {
 
 /// A typed client over a [`Store`] for one kind, optionally bound to a namespace.
 ///
-/// ```ignore
+/// ```
 /// # use wharf_core::store::{Api, memory::MemoryStore};
 /// # use k8s_openapi::api::core::v1::ConfigMap;
 /// # tokio_test_block(async {
