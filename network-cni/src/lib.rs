@@ -8,5 +8,6 @@
 
 pub mod cni;
 mod error;
+pub mod netns;
 
 pub use error::{NetworkError, Result};
