@@ -205,6 +205,11 @@ impl MemoryStore {
             .map_or(0, KindObjects::len)
     }
 
+    /// How many watches are open (their streams not yet dropped or ended by lag).
+    pub fn watcher_count(&self) -> usize {
+        self.shared.watchers().len()
+    }
+
     fn not_found(kind: &Kind, namespace: Option<&str>, name: &str) -> StoreError {
         StoreError::not_found(kind, namespace, name)
     }

@@ -179,6 +179,18 @@ impl Registry {
         (id, rx, lagged)
     }
 
+    /// How many watchers are registered.
+    pub fn len(&self) -> usize {
+        self.kinds
+            .values()
+            .map(|kw| {
+                let nested =
+                    |m: &HashMap<String, Bucket>| m.values().map(Bucket::len).sum::<usize>();
+                kw.all.len() + nested(&kw.by_namespace) + nested(&kw.by_name) + nested(&kw.by_node)
+            })
+            .sum()
+    }
+
     /// Removes a watcher (its stream was dropped).
     pub fn remove(&mut self, kind: &Kind, route: &Route, id: u64) {
         if let Some(kw) = self.kinds.get_mut(kind) {
@@ -307,7 +319,10 @@ impl MemoryWatch {
     }
 
     fn deliver(&mut self, event: WatchEvent) -> Poll<Option<Result<WatchEvent>>> {
-        if let Some(b) = &mut self.bookmarks {
+        if let (Some(b), false) = (
+            &mut self.bookmarks,
+            matches!(event, WatchEvent::Bookmark(_)),
+        ) {
             b.active = true;
         }
         Poll::Ready(Some(Ok(event)))
