@@ -244,9 +244,11 @@ impl HostPathDriver {
         };
         match volume.published_nodes.get(node) {
             Some(existing) if *existing == wanted => {}
-            Some(_) => return Err(Status::already_exists(format!(
+            Some(_) => {
+                return Err(Status::already_exists(format!(
                 "volume {id} is published to node {node} with another capability or readonly flag"
-            ))),
+            )))
+            }
             None => {
                 let max = self.config().max_volumes_per_node;
                 let on_node = state

@@ -118,3 +118,33 @@ pub fn rwo() -> VolumeCapability {
 pub fn exists(path: &Path) -> bool {
     std::fs::symlink_metadata(path).is_ok()
 }
+
+/// Whether the tests run as root (real mounts need it).
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Mount points at or under `dir`, deepest first.
+pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let mut found: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(PathBuf::from)
+        .filter(|p| p.starts_with(&dir))
+        .collect();
+    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    found
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        // Even when a test fails half-way, leave no mount behind.
+        if self.recorded.is_none() {
+            for mount in mounts_under(self.dir.path()) {
+                let _ = nix::mount::umount2(&mount, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+    }
+}
