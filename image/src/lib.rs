@@ -14,6 +14,7 @@ pub mod digest;
 pub mod error;
 pub mod layout;
 pub mod reference;
+pub mod registry;
 pub mod snapshot;
 pub mod spec;
 pub mod store;
