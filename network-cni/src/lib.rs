@@ -2,12 +2,15 @@
 //!
 //! - [`cni`]: a CNI runtime that drives the plugin binaries users already have, as
 //!   libcni does for containerd and CRI-O (spec 1.1, talking to 0.3.x–1.1 plugins);
+//! - [`native`]: a bridge network over netlink with crash-safe IPAM and nftables
+//!   host ports, needing no plugin binaries (the embedded default);
 //! - [`netns`]: creating and pinning a sandbox's network namespace.
 //!
 //! Everything here logs with `tracing` and returns [`NetworkError`].
 
 pub mod cni;
 mod error;
+pub mod native;
 pub mod netns;
 
 pub use error::{NetworkError, Result};

@@ -1,0 +1,283 @@
+//! Outbound masquerade and host ports with nftables.
+//!
+//! One table per network (`inet wharf_<name>`), created once, holds the rules; port
+//! mappings are elements of four maps (IPv4/IPv6 × any host address/one host address)
+//! that the rules look up, so attaching a pod with ports adds map elements in one
+//! transaction instead of rewriting chains. Besides its own table it touches only the
+//! `route_localnet` and forwarding sysctls.
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::process::{Command, Stdio};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{NetworkError, Result};
+
+/// A host port forwarded to a pod port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostPort {
+    /// Host address to bind, all local addresses when `None`.
+    pub host_ip: Option<IpAddr>,
+    /// Port on the host.
+    pub host_port: u16,
+    /// Port in the pod.
+    pub container_port: u16,
+    /// `tcp`, `udp` or `sctp`.
+    pub protocol: String,
+}
+
+/// The nftables table of one network.
+#[derive(Debug, Clone)]
+pub struct Firewall {
+    network: String,
+    table: String,
+    bridge: String,
+    subnets: Vec<IpNet>,
+    masquerade: bool,
+}
+
+impl Firewall {
+    /// The table for `network` on `bridge` with pods in `subnets`.
+    pub fn new(network: &str, bridge: &str, subnets: &[IpNet], masquerade: bool) -> Self {
+        let table = format!(
+            "wharf_{}",
+            network
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                .collect::<String>()
+        );
+        Firewall {
+            network: network.into(),
+            table,
+            bridge: bridge.into(),
+            subnets: subnets.to_vec(),
+            masquerade,
+        }
+    }
+
+    /// The table's name.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    fn fail(&self, reason: String) -> NetworkError {
+        NetworkError::Firewall {
+            tool: "nft",
+            network: self.network.clone(),
+            reason,
+        }
+    }
+
+    /// Creates the table if it does not exist, and sets the sysctls pods need.
+    pub fn ensure(&self) -> Result<()> {
+        let v6 = self.subnets.iter().any(|s| s.addr().is_ipv6());
+        let _ = std::fs::write("/proc/sys/net/ipv4/ip_forward", "1");
+        if v6 {
+            let _ = std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "1");
+        }
+        // 127.0.0.1:hostPort from the host is DNAT'ed to a pod behind the bridge.
+        let _ = std::fs::write(
+            format!("/proc/sys/net/ipv4/conf/{}/route_localnet", self.bridge),
+            "1",
+        );
+        let exists = Command::new("nft")
+            .args(["list", "table", "inet", &self.table])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map_err(|e| self.fail(format!("running nft: {e}")))?;
+        if exists.success() {
+            return Ok(());
+        }
+        self.apply(&self.ruleset())
+    }
+
+    fn ruleset(&self) -> String {
+        let mut post = String::new();
+        for s in &self.subnets {
+            let fam = if s.addr().is_ipv4() { "ip" } else { "ip6" };
+            if self.masquerade {
+                post += &format!("    {fam} saddr {s} {fam} daddr != {s} masquerade\n");
+            }
+            // A pod reaching a pod (itself included) through a host port: without
+            // masquerade the reply would bypass the DNAT and be dropped.
+            post += &format!("    ct status dnat {fam} saddr {s} {fam} daddr {s} masquerade\n");
+        }
+        format!(
+            r#"table inet {t} {{
+  map pm4_any {{ type inet_proto . inet_service : ipv4_addr . inet_service ; }}
+  map pm4_ip {{ type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service ; }}
+  map pm6_any {{ type inet_proto . inet_service : ipv6_addr . inet_service ; }}
+  map pm6_ip {{ type ipv6_addr . inet_proto . inet_service : ipv6_addr . inet_service ; }}
+  chain hostports {{
+    dnat ip to ip daddr . meta l4proto . th dport map @pm4_ip
+    dnat ip to meta l4proto . th dport map @pm4_any
+    dnat ip6 to ip6 daddr . meta l4proto . th dport map @pm6_ip
+    dnat ip6 to meta l4proto . th dport map @pm6_any
+  }}
+  chain prerouting {{
+    type nat hook prerouting priority dstnat; policy accept;
+    fib daddr type local jump hostports
+  }}
+  chain output {{
+    type nat hook output priority -100; policy accept;
+    fib daddr type local jump hostports
+  }}
+  chain postrouting {{
+    type nat hook postrouting priority srcnat; policy accept;
+{post}    ct status dnat ip saddr 127.0.0.0/8 masquerade
+  }}
+}}
+"#,
+            t = self.table
+        )
+    }
+
+    /// The map elements for `ports` to a pod at `pod_ips`: one per family the pod has
+    /// and the host address (if any) is of.
+    fn elements(&self, pod_ips: &[IpAddr], ports: &[HostPort]) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for p in ports {
+            for ip in pod_ips {
+                if p.host_ip.is_some_and(|h| h.is_ipv4() != ip.is_ipv4()) {
+                    continue;
+                }
+                let fam = if ip.is_ipv4() { "pm4" } else { "pm6" };
+                let (map, key) = match p.host_ip {
+                    Some(h) => (
+                        format!("{fam}_ip"),
+                        format!("{h} . {} . {}", p.protocol, p.host_port),
+                    ),
+                    None => (
+                        format!("{fam}_any"),
+                        format!("{} . {}", p.protocol, p.host_port),
+                    ),
+                };
+                out.push((map, format!("{key} : {ip} . {}", p.container_port)));
+            }
+        }
+        out
+    }
+
+    /// Publishes `ports` for the pod, all or nothing. A host port already published
+    /// (by another pod) is an error naming it.
+    pub fn add_ports(&self, pod_ips: &[IpAddr], ports: &[HostPort]) -> Result<()> {
+        let elements = self.elements(pod_ips, ports);
+        if elements.is_empty() {
+            return Ok(());
+        }
+        let script: String = elements
+            .iter()
+            .map(|(map, el)| format!("create element inet {} {map} {{ {el} }}\n", self.table))
+            .collect();
+        self.apply(&script).map_err(|e| match e {
+            NetworkError::Firewall { reason, .. } if reason.contains("File exists") => {
+                self.fail(format!(
+                    "host port already published: {}",
+                    ports
+                        .iter()
+                        .map(|p| format!("{}/{}", p.host_port, p.protocol))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            }
+            other => other,
+        })
+    }
+
+    /// Withdraws the pod's ports; those already gone are fine.
+    pub fn remove_ports(&self, pod_ips: &[IpAddr], ports: &[HostPort]) -> Result<()> {
+        let elements = self.elements(pod_ips, ports);
+        if elements.is_empty() {
+            return Ok(());
+        }
+        let line = |(map, el): &(String, String)| {
+            let key = el.split(" : ").next().unwrap_or_default();
+            format!("delete element inet {} {map} {{ {key} }}\n", self.table)
+        };
+        let script: String = elements.iter().map(line).collect();
+        if self.apply(&script).is_ok() {
+            return Ok(());
+        }
+        // Some were gone already: the batch is all-or-nothing, so one at a time.
+        for el in &elements {
+            if let Err(e) = self.apply(&line(el)) {
+                if !e.to_string().contains("No such file") {
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes the table (the network is being removed).
+    pub fn delete(&self) -> Result<()> {
+        match self.apply(&format!("delete table inet {}\n", self.table)) {
+            Err(e) if !e.to_string().contains("No such file") => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    fn apply(&self, script: &str) -> Result<()> {
+        let mut child = Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| self.fail(format!("running nft: {e}")))?;
+        child
+            .stdin
+            .take()
+            .expect("piped")
+            .write_all(script.as_bytes())
+            .map_err(|e| self.fail(format!("writing to nft: {e}")))?;
+        let out = child
+            .wait_with_output()
+            .map_err(|e| self.fail(format!("waiting for nft: {e}")))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(self.fail(String::from_utf8_lossy(&out.stderr).trim().to_string()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn elements_per_family_and_binding() {
+        let fw = Firewall::new("pods-1", "wharf0", &["10.89.0.0/16".parse().unwrap()], true);
+        assert_eq!(fw.table(), "wharf_pods_1");
+        let ips: Vec<IpAddr> = vec!["10.89.0.2".parse().unwrap(), "fd89::2".parse().unwrap()];
+        let ports = [
+            HostPort {
+                host_ip: None,
+                host_port: 8080,
+                container_port: 80,
+                protocol: "tcp".into(),
+            },
+            HostPort {
+                host_ip: Some("192.0.2.1".parse().unwrap()),
+                host_port: 53,
+                container_port: 5353,
+                protocol: "udp".into(),
+            },
+        ];
+        let els = fw.elements(&ips, &ports);
+        let want = [
+            ("pm4_any", "tcp . 8080 : 10.89.0.2 . 80"),
+            ("pm6_any", "tcp . 8080 : fd89::2 . 80"),
+            ("pm4_ip", "192.0.2.1 . udp . 53 : 10.89.0.2 . 5353"),
+        ]
+        .map(|(a, b)| (a.to_string(), b.to_string()));
+        assert_eq!(els, want);
+        assert!(fw
+            .ruleset()
+            .contains("ip saddr 10.89.0.0/16 ip daddr != 10.89.0.0/16 masquerade"));
+    }
+}
