@@ -6,11 +6,16 @@
 //!   host ports, needing no plugin binaries (the embedded default);
 //! - [`netns`]: creating and pinning a sandbox's network namespace.
 //!
-//! Everything here logs with `tracing` and returns [`NetworkError`].
+//! Both networks implement `wharf_core::backend::NetworkPlugin` ([`CniNetwork`],
+//! [`BridgeNetwork`]). Everything here logs with `tracing` and returns [`NetworkError`].
 
 pub mod cni;
 mod error;
 pub mod native;
 pub mod netns;
+mod plugin;
+
+pub use native::{BridgeConfig, BridgeNetwork};
+pub use plugin::CniNetwork;
 
 pub use error::{NetworkError, Result};
