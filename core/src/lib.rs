@@ -6,6 +6,8 @@
 
 pub mod backend;
 pub mod clock;
+pub mod controller;
+pub mod controllers;
 pub mod object;
 pub mod quantity;
 pub mod sim;

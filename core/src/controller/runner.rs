@@ -1,0 +1,224 @@
+//! The runner: turns informer events into queue keys and queue keys into reconciles.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::metrics::Metrics;
+use super::queue::{self, Outcome, QueueSettings};
+use super::{Context, ObjectKey, Reconciler};
+use crate::object::{Kind, Object};
+
+/// Maps a changed object of a watched kind to the keys of primary objects to reconcile.
+pub type Mapper = Arc<dyn Fn(&Object, &Context) -> Vec<ObjectKey> + Send + Sync>;
+
+/// Tuning of a controller's runner.
+#[derive(Clone, Copy, Debug)]
+pub struct ControllerConfig {
+    /// Most reconciles running at once (Kubernetes' `--concurrent-*-syncs`, default 5).
+    pub concurrency: usize,
+    /// First retry delay after an error.
+    pub backoff_base: Duration,
+    /// Longest retry delay after repeated errors.
+    pub backoff_max: Duration,
+}
+
+impl Default for ControllerConfig {
+    /// Kubernetes' controller defaults: 5 workers, retry backoff from 5 ms doubling to 1000 s.
+    fn default() -> Self {
+        ControllerConfig {
+            concurrency: 5,
+            backoff_base: Duration::from_millis(5),
+            backoff_max: Duration::from_secs(1000),
+        }
+    }
+}
+
+/// A controller: a reconciler, the kind it reconciles, and what else triggers it.
+///
+/// ```
+/// use std::sync::Arc;
+/// use async_trait::async_trait;
+/// use wharf_core::controller::{Action, Context, Controller, ControllerError, Reconciler};
+/// use wharf_core::{Kind, Object};
+///
+/// struct Noop;
+///
+/// #[async_trait]
+/// impl Reconciler for Noop {
+///     type Error = ControllerError;
+///     async fn reconcile(&self, _object: Arc<Object>, _ctx: &Context) -> Result<Action, ControllerError> {
+///         Ok(Action::await_change())
+///     }
+/// }
+///
+/// let controller = Controller::new("noop", Kind::ReplicaSet, Noop).owns(Kind::Pod);
+/// assert_eq!(controller.name(), "noop");
+/// ```
+pub struct Controller<R> {
+    name: String,
+    kind: Kind,
+    reconciler: Arc<R>,
+    owns: Vec<Kind>,
+    watches: Vec<(Kind, Mapper)>,
+    config: ControllerConfig,
+    metrics: Arc<Metrics>,
+}
+
+impl<R: Reconciler> Controller<R> {
+    /// A controller named `name` reconciling objects of `kind`.
+    pub fn new(name: impl Into<String>, kind: Kind, reconciler: R) -> Controller<R> {
+        Controller {
+            name: name.into(),
+            kind,
+            reconciler: Arc::new(reconciler),
+            owns: Vec::new(),
+            watches: Vec::new(),
+            config: ControllerConfig::default(),
+            metrics: Arc::default(),
+        }
+    }
+
+    /// Also reconciles an object when an object of `kind` that it controls (an ownerReference
+    /// with `controller: true`) changes.
+    pub fn owns(mut self, kind: Kind) -> Self {
+        self.owns.push(kind);
+        self
+    }
+
+    /// Also reconciles the objects `mapper` names when an object of `kind` changes (it sees
+    /// both the old and the new state of a modified object; it may read the informers).
+    pub fn watches(
+        mut self,
+        kind: Kind,
+        mapper: impl Fn(&Object, &Context) -> Vec<ObjectKey> + Send + Sync + 'static,
+    ) -> Self {
+        self.watches.push((kind, Arc::new(mapper)));
+        self
+    }
+
+    /// Sets the runner's tuning.
+    pub fn config(mut self, config: ControllerConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The controller's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The controller's metrics, updated while it runs.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    /// Runs until `shutdown` is cancelled, then lets running reconciles finish.
+    pub async fn run(self, ctx: Context, shutdown: CancellationToken) {
+        let (tx, rx) = mpsc::unbounded_channel::<ObjectKey>();
+        let mut forwarders = JoinSet::new();
+        let primary = ctx.informers.get(&self.kind);
+
+        let mut sources: Vec<(Kind, Mapper)> = Vec::new();
+        sources.push((
+            self.kind.clone(),
+            Arc::new(|o: &Object, _: &Context| vec![ObjectKey::of(o)]),
+        ));
+        for owned in &self.owns {
+            let owner_kind = self.kind.clone();
+            sources.push((
+                owned.clone(),
+                Arc::new(move |o: &Object, _: &Context| {
+                    controller_owner(o, &owner_kind).into_iter().collect()
+                }),
+            ));
+        }
+        sources.extend(self.watches.iter().cloned());
+        for (kind, mapper) in sources {
+            let informer = ctx.informers.get(&kind);
+            let mut events = informer.subscribe();
+            let tx = tx.clone();
+            let ctx = ctx.clone();
+            forwarders.spawn(async move {
+                while let Some(event) = events.recv().await {
+                    for object in event.objects() {
+                        for key in mapper(object, &ctx) {
+                            if tx.send(key).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+        drop(tx);
+
+        tokio::select! {
+            _ = shutdown.cancelled() => { forwarders.abort_all(); return; }
+            _ = primary.wait_synced() => {}
+        }
+        tracing::debug!(controller = %self.name, "caches synced; starting workers");
+
+        let settings = QueueSettings {
+            concurrency: self.config.concurrency,
+            backoff_base: self.config.backoff_base,
+            backoff_max: self.config.backoff_max,
+        };
+        let metrics = self.metrics.clone();
+        let name: Arc<str> = self.name.clone().into();
+        let reconciler = self.reconciler.clone();
+        queue::run(rx, settings, &self.metrics, shutdown, move |key: ObjectKey| {
+            let (ctx, primary, reconciler, metrics, name) = (
+                ctx.clone(),
+                primary.clone(),
+                reconciler.clone(),
+                metrics.clone(),
+                name.clone(),
+            );
+            async move {
+                let started = tokio::time::Instant::now();
+                let result = match primary.get(&key) {
+                    Some(object) => reconciler.reconcile(object, &ctx).await,
+                    None => reconciler.cleanup(&key, &ctx).await,
+                };
+                match result {
+                    Ok(action) => {
+                        metrics.finished(started.elapsed(), false);
+                        Outcome::Success(action)
+                    }
+                    Err(error) => {
+                        metrics.finished(started.elapsed(), true);
+                        tracing::debug!(controller = %name, object = %key, %error, "reconcile failed");
+                        Outcome::Failure(reconciler.error_policy(&key, &error, &ctx))
+                    }
+                }
+            }
+        })
+        .await;
+        forwarders.abort_all();
+    }
+}
+
+/// The key of `object`'s controller owner, when that owner is of `kind`.
+pub fn controller_owner(object: &Object, kind: &Kind) -> Option<ObjectKey> {
+    let owner = object
+        .meta()
+        .owner_references
+        .as_ref()?
+        .iter()
+        .find(|r| r.controller == Some(true))?;
+    if owner.kind != kind.name() || owner.api_version != kind.api_version() {
+        return None;
+    }
+    Some(ObjectKey {
+        namespace: if kind.is_namespaced() {
+            object.namespace().map(str::to_string)
+        } else {
+            None
+        },
+        name: owner.name.clone(),
+    })
+}

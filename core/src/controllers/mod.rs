@@ -1,0 +1,102 @@
+//! The built-in controllers, one module per controller, each a [`Reconciler`] run by the
+//! controller runtime ([`crate::controller`]).
+//!
+//! [`ControllerManager`] starts all of them on one store with shared informers, as
+//! `kube-controller-manager` does.
+//!
+//! [`Reconciler`]: crate::controller::Reconciler
+
+pub mod deployment;
+pub mod endpoints;
+pub mod garbage_collector;
+pub mod ownership;
+pub mod pod_state;
+pub mod replicaset;
+
+use std::sync::Arc;
+
+use tokio::task::JoinSet;
+
+use crate::clock::Clock;
+use crate::controller::{CancellationToken, Context, Controller, Metrics, Reconciler};
+use crate::store::Store;
+
+/// Starts the built-in controllers on a store and stops them together.
+///
+/// ```ignore
+/// let manager = ControllerManager::start(store, Clock::new());
+/// // ... the cluster runs ...
+/// manager.shutdown().await;
+/// ```
+pub struct ControllerManager {
+    shutdown: CancellationToken,
+    tasks: JoinSet<()>,
+    metrics: Vec<(String, Arc<Metrics>)>,
+    context: Context,
+}
+
+impl ControllerManager {
+    /// Starts every built-in controller on `store`. They stop when [`shutdown`] is called or
+    /// the manager is dropped.
+    ///
+    /// [`shutdown`]: ControllerManager::shutdown
+    pub fn start(store: Arc<dyn Store>, clock: Clock) -> ControllerManager {
+        let shutdown = CancellationToken::new();
+        let context = Context::new(store, clock, shutdown.child_token());
+        let mut manager = ControllerManager {
+            shutdown,
+            tasks: JoinSet::new(),
+            metrics: Vec::new(),
+            context,
+        };
+        manager.add(replicaset::ReplicaSetController::controller());
+        manager.add(deployment::DeploymentController::controller());
+        manager.add(endpoints::EndpointsController::controller());
+        manager.add(endpoints::EndpointSliceController::controller());
+        let gc = garbage_collector::GarbageCollector::new();
+        manager
+            .metrics
+            .push(("garbage-collector".into(), gc.metrics()));
+        let (ctx, token) = (manager.context.clone(), manager.shutdown.clone());
+        manager.tasks.spawn(gc.run(ctx, token));
+        manager
+    }
+
+    /// Starts one more controller with the manager's context and shutdown.
+    pub fn add<R: Reconciler>(&mut self, controller: Controller<R>) {
+        self.metrics
+            .push((controller.name().to_string(), controller.metrics()));
+        let (ctx, token) = (self.context.clone(), self.shutdown.clone());
+        self.tasks.spawn(controller.run(ctx, token));
+    }
+
+    /// The shared context (store, clock, informers) the controllers use.
+    pub fn context(&self) -> &Context {
+        &self.context
+    }
+
+    /// Each controller's name and metrics.
+    pub fn metrics(&self) -> &[(String, Arc<Metrics>)] {
+        &self.metrics
+    }
+
+    /// Stops every controller and waits for running reconciles to finish.
+    pub async fn shutdown(mut self) {
+        self.shutdown.cancel();
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+impl Drop for ControllerManager {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Starts every built-in controller on `store` until `shutdown` is cancelled, then waits for
+/// them to finish.
+pub async fn run_all(store: Arc<dyn Store>, clock: Clock, shutdown: CancellationToken) {
+    let manager = ControllerManager::start(store, clock);
+    shutdown.cancelled().await;
+    manager.shutdown().await;
+}

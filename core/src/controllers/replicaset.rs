@@ -1,0 +1,266 @@
+//! The ReplicaSet controller: keeps `spec.replicas` active pods that match the selector.
+//!
+//! Each reconcile claims pods (adopting matching orphans, releasing controlled pods that no
+//! longer match), creates missing pods from the template in slow-start batches (1, 2, 4, …, at
+//! most 500 per reconcile, as Kubernetes does so that a failing create does not flood the
+//! store), deletes surplus pods in [`deletion_order`], and writes the status: `replicas`,
+//! `fullyLabeledReplicas`, `readyReplicas`, `availableReplicas` (ready for
+//! `minReadySeconds`), `observedGeneration`, and the `ReplicaFailure` condition.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::future::join_all;
+use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetCondition, ReplicaSetStatus};
+use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
+
+use super::ownership::{claim, controller_reference, selector_of};
+use super::pod_state::{available_after, deletion_order, is_active, is_ready};
+use crate::controller::{
+    Action, Context, Controller, ControllerError, Informer, Observed, Reconciler,
+};
+use crate::object::{Kind, Object, Resource, Typed};
+use crate::store::{DeleteOptions, StoreError};
+
+/// Most pods one reconcile creates or deletes (Kubernetes' `burstReplicas`).
+pub const BURST_REPLICAS: usize = 500;
+
+/// The ReplicaSet reconciler.
+#[derive(Default)]
+pub struct ReplicaSetController;
+
+impl ReplicaSetController {
+    /// The controller, ready to run.
+    pub fn controller() -> Controller<ReplicaSetController> {
+        Controller::new("replicaset", Kind::ReplicaSet, ReplicaSetController).owns(Kind::Pod)
+    }
+}
+
+/// A pod for `owner` from `template`: the template's labels, annotations and spec, a
+/// generated name `<prefix>-xxxxx`, and a controller ownerReference.
+pub fn pod_from_template(owner: &Object, template: &PodTemplateSpec, prefix: &str) -> Pod {
+    let mut pod = Pod::default();
+    if let Some(meta) = &template.metadata {
+        pod.metadata.labels = meta.labels.clone();
+        pod.metadata.annotations = meta.annotations.clone();
+        pod.metadata.finalizers = meta.finalizers.clone();
+    }
+    pod.metadata.namespace = owner.namespace().map(str::to_string);
+    pod.metadata.generate_name = Some(format!("{prefix}-"));
+    pod.metadata.owner_references = Some(vec![controller_reference(owner)]);
+    pod.spec = template.spec.clone();
+    pod
+}
+
+/// Creates `count` pods in slow-start batches (1, 2, 4, …), stopping at the first batch with
+/// a failure. Returns the created pods and the first error.
+pub(crate) async fn create_pods(
+    ctx: &Context,
+    owner: &Object,
+    make: impl Fn() -> Pod,
+    count: usize,
+) -> (Vec<Arc<Object>>, Option<ControllerError>) {
+    let mut created = Vec::with_capacity(count);
+    let mut batch = 1;
+    let mut remaining = count;
+    while remaining > 0 {
+        let n = batch.min(remaining);
+        let results = join_all((0..n).map(|_| ctx.store.create(make().into_object()))).await;
+        let mut error = None;
+        for result in results {
+            match result {
+                Ok(pod) => created.push(pod),
+                Err(e) if error.is_none() => {
+                    error = Some(ControllerError::store("create pod for", owner, e))
+                }
+                Err(_) => {}
+            }
+        }
+        if error.is_some() {
+            return (created, error);
+        }
+        remaining -= n;
+        batch *= 2;
+    }
+    (created, None)
+}
+
+/// Deletes `pods`; a pod that is already gone counts as deleted.
+pub(crate) async fn delete_pods(
+    ctx: &Context,
+    pods: &[Arc<Object>],
+    informer: &Informer,
+) -> Result<(), ControllerError> {
+    let results = join_all(pods.iter().map(|p| {
+        let options = DeleteOptions {
+            precondition_uid: Some(p.uid().to_string()),
+            ..Default::default()
+        };
+        async move {
+            let result = ctx
+                .store
+                .delete(&Kind::Pod, p.namespace(), p.name(), &options)
+                .await;
+            (p, result)
+        }
+    }))
+    .await;
+    let mut first_error = None;
+    for (pod, result) in results {
+        match result {
+            Ok(deleted) => informer.wait_observed(&Observed::from(&deleted)).await,
+            Err(StoreError::NotFound { .. }) => {}
+            Err(e) if first_error.is_none() => {
+                first_error = Some(ControllerError::store("delete", pod, e))
+            }
+            Err(_) => {}
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+#[async_trait]
+impl Reconciler for ReplicaSetController {
+    type Error = ControllerError;
+
+    async fn reconcile(&self, object: Arc<Object>, ctx: &Context) -> Result<Action, Self::Error> {
+        let Some(rs) = Typed::<ReplicaSet>::new(object.clone()) else {
+            return Ok(Action::AwaitChange);
+        };
+        let spec = rs.spec.clone().unwrap_or_default();
+        let selector = selector_of(&object, Some(&spec.selector))?;
+        let pods = ctx.informers.synced(&Kind::Pod).await;
+        let candidates = pods.owned_or_orphans(object.uid(), object.namespace());
+        let owned = claim(&ctx.store, &object, &selector, candidates, &pods).await?;
+        let active: Vec<Arc<Object>> = owned
+            .into_iter()
+            .filter(|o| o.as_kind::<Pod>().is_some_and(is_active))
+            .collect();
+
+        let mut manage_error = None;
+        if rs.metadata.deletion_timestamp.is_none() {
+            let want = spec.replicas.unwrap_or(1).max(0) as usize;
+            if active.len() < want {
+                let template = spec.template.clone().unwrap_or_default();
+                let count = (want - active.len()).min(BURST_REPLICAS);
+                let (created, error) = create_pods(
+                    ctx,
+                    &object,
+                    || pod_from_template(&object, &template, object.name()),
+                    count,
+                )
+                .await;
+                if let Some(last) = created.last() {
+                    pods.wait_observed(&Observed::Written(last.clone())).await;
+                }
+                manage_error = error;
+            } else if active.len() > want {
+                let mut victims: Vec<&Arc<Object>> = active.iter().collect();
+                victims.sort_by(|a, b| {
+                    deletion_order(
+                        a.as_kind::<Pod>().expect("pod"),
+                        b.as_kind::<Pod>().expect("pod"),
+                    )
+                });
+                let victims: Vec<Arc<Object>> = victims
+                    .into_iter()
+                    .take((active.len() - want).min(BURST_REPLICAS))
+                    .cloned()
+                    .collect();
+                if let Err(e) = delete_pods(ctx, &victims, &pods).await {
+                    manage_error = Some(e);
+                }
+            }
+        }
+
+        // Status from the cache, which now reflects this reconcile's writes.
+        let now = ctx.clock.now();
+        let min_ready = spec.min_ready_seconds.unwrap_or(0);
+        let template_labels = spec
+            .template
+            .as_ref()
+            .and_then(|t| t.metadata.as_ref())
+            .and_then(|m| m.labels.clone())
+            .unwrap_or_default();
+        let mut status = ReplicaSetStatus {
+            observed_generation: rs.metadata.generation,
+            conditions: rs.status.as_ref().and_then(|s| s.conditions.clone()),
+            ..Default::default()
+        };
+        let mut next_available: Option<Duration> = None;
+        let (mut replicas, mut labeled, mut ready, mut available) = (0, 0, 0, 0);
+        for pod in pods.owned_by(object.uid()) {
+            let Some(pod) = pod.as_kind::<Pod>().filter(|p| is_active(p)) else {
+                continue;
+            };
+            replicas += 1;
+            let labels = pod.metadata.labels.as_ref();
+            if template_labels
+                .iter()
+                .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+            {
+                labeled += 1;
+            }
+            if is_ready(pod) {
+                ready += 1;
+                match available_after(pod, min_ready, now) {
+                    Some(Duration::ZERO) => available += 1,
+                    Some(wait) => {
+                        next_available = Some(next_available.map_or(wait, |n| n.min(wait)))
+                    }
+                    None => {}
+                }
+            }
+        }
+        status.replicas = replicas;
+        status.fully_labeled_replicas = Some(labeled);
+        status.ready_replicas = Some(ready);
+        status.available_replicas = Some(available);
+        set_failure_condition(&mut status, manage_error.as_ref(), ctx);
+        if rs.status.as_ref() != Some(&status) {
+            let mut updated = rs.to_owned_value();
+            updated.status = Some(status);
+            ctx.store
+                .update_status(updated.into_object())
+                .await
+                .map_err(|e| ControllerError::store("update status of", &object, e))?;
+        }
+        if let Some(e) = manage_error {
+            return Err(e);
+        }
+        Ok(match next_available {
+            // Wake when the next pod passes minReadySeconds (plus a second of slack, since
+            // timestamps have second precision).
+            Some(wait) => Action::requeue(wait + Duration::from_secs(1)),
+            None => Action::AwaitChange,
+        })
+    }
+}
+
+fn set_failure_condition(
+    status: &mut ReplicaSetStatus,
+    error: Option<&ControllerError>,
+    ctx: &Context,
+) {
+    let conditions = status.conditions.get_or_insert_with(Vec::new);
+    conditions.retain(|c| c.type_ != "ReplicaFailure");
+    if let Some(error) = error {
+        let reason = match error {
+            ControllerError::Store { operation, .. } if operation.starts_with("delete") => {
+                "FailedDelete"
+            }
+            _ => "FailedCreate",
+        };
+        conditions.push(ReplicaSetCondition {
+            type_: "ReplicaFailure".into(),
+            status: "True".into(),
+            reason: Some(reason.into()),
+            message: Some(error.to_string()),
+            last_transition_time: Some(ctx.clock.now_k8s()),
+        });
+    }
+    if conditions.is_empty() {
+        status.conditions = None;
+    }
+}
