@@ -10,6 +10,7 @@ pub mod controller;
 pub mod controllers;
 pub mod object;
 pub mod quantity;
+pub mod scheduler;
 pub mod sim;
 pub mod store;
 

@@ -1,0 +1,382 @@
+//! The scheduler: watches nodes and pods, and binds each pending pod to a node by setting its
+//! `spec.nodeName`, as kube-scheduler does.
+//!
+//! - Pods are taken by `spec.schedulerName` (default `default-scheduler`); pods with
+//!   `schedulingGates` wait until the gates are removed.
+//! - A pod that fits no node gets `PodScheduled=False` with reason `Unschedulable` and
+//!   kube-scheduler's message (`0/3 nodes are available: …`), and is retried when the
+//!   cluster changes (node added or changed, pod removed), after a backoff of 1 s doubling
+//!   to 10 s, and at the latest after 5 minutes.
+//! - A bound pod is accounted on its node at once ("assumed"), before the store confirms it.
+//!
+//! Filters and scores are plugins ([`framework::FilterPlugin`], [`framework::ScorePlugin`]);
+//! [`algorithm::Profile::default`] has kube-scheduler's defaults. Not implemented:
+//! preemption, volume-topology plugins, image locality.
+
+pub mod algorithm;
+pub mod cache;
+pub mod framework;
+pub mod plugins;
+#[cfg(test)]
+mod tests;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::{Pod, PodCondition, PodStatus};
+use tokio::time::{Duration, Instant};
+
+use crate::clock::Clock;
+use crate::object::{Kind, Object};
+use crate::store::{Store, StoreError, WatchEvent, WatchOptions};
+use algorithm::{Algorithm, FitError, Profile};
+use cache::{ClusterCache, SchedulingQueue};
+use framework::PodInfo;
+
+/// Settings of a scheduler.
+#[derive(Clone, Debug)]
+pub struct SchedulerConfig {
+    /// The `spec.schedulerName` this scheduler serves.
+    pub name: String,
+    /// Fixed percentage of nodes to score; adaptive when `None`.
+    pub percentage_of_nodes_to_score: Option<u32>,
+    /// First retry delay of an unschedulable pod.
+    pub initial_backoff: Duration,
+    /// Largest retry delay.
+    pub max_backoff: Duration,
+    /// Longest time an unschedulable pod waits for a cluster change before a retry.
+    pub max_unschedulable: Duration,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            name: "default-scheduler".into(),
+            percentage_of_nodes_to_score: None,
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(10),
+            max_unschedulable: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Counters of a running scheduler.
+#[derive(Debug, Default)]
+pub struct SchedulerMetrics {
+    /// Pods bound.
+    pub scheduled: AtomicU64,
+    /// Attempts that found no node.
+    pub unschedulable: AtomicU64,
+    /// Bindings that failed (conflict, pod gone).
+    pub bind_errors: AtomicU64,
+}
+
+/// A scheduler over a store.
+pub struct Scheduler {
+    store: Arc<dyn Store>,
+    config: SchedulerConfig,
+    algorithm: Algorithm,
+    cache: ClusterCache,
+    queue: SchedulingQueue,
+    clock: Clock,
+    metrics: Arc<SchedulerMetrics>,
+}
+
+fn pod_key(object: &Object) -> String {
+    format!("{}/{}", object.namespace().unwrap_or(""), object.name())
+}
+
+fn is_terminal(pod: &Pod) -> bool {
+    matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded") | Some("Failed")
+    )
+}
+
+impl Scheduler {
+    /// A scheduler with the default plugins.
+    pub fn new(store: Arc<dyn Store>, config: SchedulerConfig) -> Scheduler {
+        Scheduler::with_profile(store, config, Profile::default())
+    }
+
+    /// A scheduler with the given plugins.
+    pub fn with_profile(
+        store: Arc<dyn Store>,
+        config: SchedulerConfig,
+        profile: Profile,
+    ) -> Scheduler {
+        Scheduler {
+            store,
+            algorithm: Algorithm::new(profile, config.percentage_of_nodes_to_score),
+            queue: SchedulingQueue::new(
+                config.initial_backoff,
+                config.max_backoff,
+                config.max_unschedulable,
+            ),
+            config,
+            cache: ClusterCache::default(),
+            clock: Clock::new(),
+            metrics: Arc::default(),
+        }
+    }
+
+    /// Uses `clock` for the timestamps it writes.
+    pub fn with_clock(mut self, clock: Clock) -> Scheduler {
+        self.clock = clock;
+        self
+    }
+
+    /// The scheduler's counters (shared; they keep counting while it runs).
+    pub fn metrics(&self) -> Arc<SchedulerMetrics> {
+        self.metrics.clone()
+    }
+
+    /// Runs until `shutdown` resolves. Lists and watches again when the store expires its
+    /// watches.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), StoreError> {
+        tokio::pin!(shutdown);
+        loop {
+            let mut nodes = self
+                .store
+                .watch(&Kind::Node, &WatchOptions::default())
+                .await?;
+            let mut pods = self
+                .store
+                .watch(&Kind::Pod, &WatchOptions::default())
+                .await?;
+            let failure: StoreError = 'watching: loop {
+                let wake = self
+                    .queue
+                    .next_ready()
+                    .unwrap_or_else(|| Instant::now() + Duration::from_secs(30));
+                let first = tokio::select! {
+                    biased;
+                    _ = &mut shutdown => return Ok(()),
+                    ev = nodes.next() => Some((true, ev)),
+                    ev = pods.next() => Some((false, ev)),
+                    _ = tokio::time::sleep_until(wake) => None,
+                };
+                // Take in that event and everything already waiting before deciding anything.
+                let mut pending = first.into_iter().collect::<Vec<_>>();
+                loop {
+                    for (is_node, ev) in pending.drain(..) {
+                        match ev {
+                            Some(Ok(ev)) if is_node => self.on_node_event(ev),
+                            Some(Ok(ev)) => self.on_pod_event(ev),
+                            Some(Err(e)) => break 'watching e,
+                            None => return Ok(()),
+                        }
+                    }
+                    if let Some(ev) = nodes.next().now_or_never() {
+                        pending.push((true, ev));
+                    }
+                    if let Some(ev) = pods.next().now_or_never() {
+                        pending.push((false, ev));
+                    }
+                    if pending.is_empty() {
+                        break;
+                    }
+                }
+                self.queue.flush_unschedulable(Instant::now());
+                self.schedule_ready().await;
+            };
+            match failure {
+                StoreError::Expired { .. } | StoreError::WatchLagged { .. } => {
+                    tracing::info!(error = %failure, "scheduler watch ended; listing again");
+                    self.cache = ClusterCache::default();
+                    self.queue = SchedulingQueue::new(
+                        self.config.initial_backoff,
+                        self.config.max_backoff,
+                        self.config.max_unschedulable,
+                    );
+                }
+                other => return Err(other),
+            }
+        }
+    }
+
+    fn on_node_event(&mut self, ev: WatchEvent) {
+        match ev {
+            WatchEvent::Added(node) | WatchEvent::Modified(node) => {
+                self.cache.upsert_node(node);
+                self.queue.move_all_to_active();
+            }
+            WatchEvent::Deleted(node) => self.cache.remove_node(node.name()),
+            WatchEvent::Bookmark(_) => {}
+        }
+    }
+
+    fn on_pod_event(&mut self, ev: WatchEvent) {
+        let (object, deleted) = match ev {
+            WatchEvent::Added(o) | WatchEvent::Modified(o) => (o, false),
+            WatchEvent::Deleted(o) => (o, true),
+            WatchEvent::Bookmark(_) => return,
+        };
+        let Some(pod) = object.as_kind::<Pod>() else {
+            return;
+        };
+        let key = pod_key(&object);
+        let node_name = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.as_deref())
+            .unwrap_or("");
+        if deleted || is_terminal(pod) {
+            let was_placed = self.cache.placed_on(object.uid()).is_some();
+            self.cache.unplace(object.uid());
+            self.queue.remove(&key);
+            if was_placed {
+                self.queue.move_all_to_active();
+            }
+            return;
+        }
+        if !node_name.is_empty() {
+            self.queue.remove(&key);
+            let node_name = node_name.to_string();
+            self.cache.place(Arc::new(PodInfo::new(object)), &node_name);
+            return;
+        }
+        let spec = pod.spec.as_ref();
+        let ours = spec
+            .and_then(|s| s.scheduler_name.as_deref())
+            .unwrap_or("default-scheduler")
+            == self.config.name;
+        let gated = spec
+            .and_then(|s| s.scheduling_gates.as_ref())
+            .is_some_and(|g| !g.is_empty());
+        if !ours || object.meta().deletion_timestamp.is_some() || gated {
+            self.queue.remove(&key);
+            return;
+        }
+        // A pod we assumed but whose binding the store has not confirmed yet is still placed.
+        if self.cache.placed_on(object.uid()).is_some() {
+            return;
+        }
+        self.queue
+            .add_or_update(key, Arc::new(PodInfo::new(object)));
+    }
+
+    async fn schedule_ready(&mut self) {
+        // Bound the batch so that watch events are taken in between.
+        for _ in 0..1024 {
+            let Some((key, info)) = self.queue.pop(Instant::now()) else {
+                return;
+            };
+            self.schedule_one(key, info).await;
+        }
+    }
+
+    /// One scheduling cycle and its binding.
+    async fn schedule_one(&mut self, key: String, info: Arc<PodInfo>) {
+        let decision = self.algorithm.schedule(&info, &self.cache.snapshot());
+        match decision {
+            Ok(idx) => {
+                let node_name = self.cache.node_at(idx).name.clone();
+                self.queue.remove(&key);
+                self.cache.place(info.clone(), &node_name);
+                if let Err(e) = self.bind(&info.object, &node_name).await {
+                    self.metrics.bind_errors.fetch_add(1, Ordering::Relaxed);
+                    self.cache.unplace(info.object.uid());
+                    match e {
+                        StoreError::NotFound { .. } => {}
+                        e => {
+                            tracing::debug!(pod = %key, error = %e, "binding failed; retrying");
+                            self.queue.add_or_update(key.clone(), info);
+                            self.queue.requeue(&key, Instant::now());
+                        }
+                    }
+                } else {
+                    self.metrics.scheduled.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Err(fit) => {
+                self.metrics.unschedulable.fetch_add(1, Ordering::Relaxed);
+                self.queue.mark_unschedulable(&key, Instant::now());
+                if let Err(e) = self.report_unschedulable(&info.object, &fit).await {
+                    tracing::debug!(pod = %key, error = %e, "could not write PodScheduled=False");
+                }
+            }
+        }
+    }
+
+    async fn bind(&self, object: &Arc<Object>, node_name: &str) -> Result<(), StoreError> {
+        let Some(pod) = object.as_kind::<Pod>() else {
+            return Ok(());
+        };
+        let mut bound = pod.clone();
+        bound.spec.get_or_insert_with(Default::default).node_name = Some(node_name.to_string());
+        let stored = self.store.update(bound.into()).await?;
+        let mut with_status = stored.as_kind::<Pod>().cloned().unwrap_or_default();
+        set_condition(
+            with_status.status.get_or_insert_with(PodStatus::default),
+            PodCondition {
+                type_: "PodScheduled".into(),
+                status: "True".into(),
+                last_transition_time: Some(self.clock.now_k8s()),
+                ..Default::default()
+            },
+        );
+        match self.store.update_status(with_status.into()).await {
+            Ok(_) | Err(StoreError::Conflict { .. }) | Err(StoreError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn report_unschedulable(
+        &self,
+        object: &Arc<Object>,
+        fit: &FitError,
+    ) -> Result<(), StoreError> {
+        let Some(pod) = object.as_kind::<Pod>() else {
+            return Ok(());
+        };
+        let message = fit.to_string();
+        let current = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|c| c.iter().find(|c| c.type_ == "PodScheduled"));
+        if current.is_some_and(|c| c.status == "False" && c.message.as_deref() == Some(&message)) {
+            return Ok(());
+        }
+        let mut updated = pod.clone();
+        set_condition(
+            updated.status.get_or_insert_with(PodStatus::default),
+            PodCondition {
+                type_: "PodScheduled".into(),
+                status: "False".into(),
+                reason: Some("Unschedulable".into()),
+                message: Some(message),
+                last_transition_time: Some(self.clock.now_k8s()),
+                ..Default::default()
+            },
+        );
+        if updated
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.as_deref())
+            .is_none()
+        {
+            updated.status.get_or_insert_with(Default::default).phase = Some("Pending".into());
+        }
+        self.store.update_status(updated.into()).await.map(|_| ())
+    }
+}
+
+/// Sets a pod condition, keeping `lastTransitionTime` when the status did not change.
+pub fn set_condition(status: &mut PodStatus, condition: PodCondition) {
+    let conditions = status.conditions.get_or_insert_with(Vec::new);
+    match conditions.iter_mut().find(|c| c.type_ == condition.type_) {
+        Some(existing) => {
+            let keep_time = existing.status == condition.status;
+            let time = existing.last_transition_time.clone();
+            *existing = condition;
+            if keep_time {
+                existing.last_transition_time = time;
+            }
+        }
+        None => conditions.push(condition),
+    }
+}

@@ -1,0 +1,298 @@
+//! Table-driven tests of the scheduling algorithm and its plugins (no store, no IO).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{
+    Affinity, Container, ContainerPort, Node, NodeSpec, NodeStatus, Pod, PodAffinityTerm,
+    PodAntiAffinity, PodSpec, ResourceRequirements, Taint, Toleration, TopologySpreadConstraint,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector as K8sSelector;
+
+use super::algorithm::{num_feasible_nodes_to_find, Algorithm, Profile};
+use super::cache::ClusterCache;
+use super::framework::PodInfo;
+use crate::object::{Object, Resource};
+
+fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn node(name: &str, cpu: &str, mem: &str, labels: &[(&str, &str)]) -> Node {
+    let mut n = Node::default();
+    n.metadata.name = Some(name.into());
+    n.metadata.labels = Some(map(labels));
+    n.status = Some(NodeStatus {
+        allocatable: Some(
+            [("cpu", cpu), ("memory", mem), ("pods", "110")]
+                .iter()
+                .map(|(k, v)| (k.to_string(), Quantity(v.to_string())))
+                .collect(),
+        ),
+        ..Default::default()
+    });
+    n.spec = Some(NodeSpec::default());
+    n
+}
+
+fn pod(name: &str, cpu: &str, labels: &[(&str, &str)]) -> Pod {
+    let mut p = Pod::default();
+    p.metadata.name = Some(name.into());
+    p.metadata.namespace = Some("default".into());
+    p.metadata.uid = Some(format!("uid-{name}"));
+    p.metadata.labels = Some(map(labels));
+    p.spec = Some(PodSpec {
+        containers: vec![Container {
+            name: "c".into(),
+            resources: Some(ResourceRequirements {
+                requests: Some(
+                    [("cpu".to_string(), Quantity(cpu.to_string()))]
+                        .into_iter()
+                        .collect(),
+                ),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    p
+}
+
+fn info(p: Pod) -> Arc<PodInfo> {
+    Arc::new(PodInfo::new(Arc::new(p.into_object())))
+}
+
+struct Cluster {
+    cache: ClusterCache,
+    algo: Algorithm,
+}
+
+impl Cluster {
+    fn new(nodes: Vec<Node>) -> Cluster {
+        let mut cache = ClusterCache::default();
+        for n in nodes {
+            cache.upsert_node(Arc::new(Object::from(n)));
+        }
+        Cluster {
+            cache,
+            algo: Algorithm::new(Profile::default(), None),
+        }
+    }
+
+    /// Schedules and places the pod; returns the node name or the failure message.
+    fn schedule(&mut self, p: Pod) -> Result<String, String> {
+        let info = info(p);
+        match self.algo.schedule(&info, &self.cache.snapshot()) {
+            Ok(i) => {
+                let name = self.cache.node_at(i).name.clone();
+                self.cache.place(info, &name);
+                Ok(name)
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+#[test]
+fn resources_decide_fit_and_spread_load() {
+    let mut c = Cluster::new(vec![node("a", "1", "4Gi", &[]), node("b", "2", "4Gi", &[])]);
+    // The emptier node wins under LeastAllocated.
+    assert_eq!(c.schedule(pod("p1", "500m", &[])).unwrap(), "b");
+    assert_eq!(c.schedule(pod("p2", "900m", &[])).unwrap(), "b");
+    assert_eq!(c.schedule(pod("p3", "900m", &[])).unwrap(), "a");
+    let err = c.schedule(pod("p4", "800m", &[])).unwrap_err();
+    assert_eq!(err, "0/2 nodes are available: 2 Insufficient cpu.");
+}
+
+#[test]
+fn effective_requests_count_init_containers_and_sidecars() {
+    let mut p = pod("p", "100m", &[]);
+    let cpu = |v: &str| {
+        Some(ResourceRequirements {
+            requests: Some(
+                [("cpu".to_string(), Quantity(v.into()))]
+                    .into_iter()
+                    .collect(),
+            ),
+            ..Default::default()
+        })
+    };
+    p.spec.as_mut().unwrap().init_containers = Some(vec![
+        Container {
+            name: "sidecar".into(),
+            restart_policy: Some("Always".into()),
+            resources: cpu("200m"),
+            ..Default::default()
+        },
+        Container {
+            name: "init".into(),
+            resources: cpu("1"),
+            ..Default::default()
+        },
+    ]);
+    let i = PodInfo::new(Arc::new(p.into_object()));
+    // max(100m app + 200m sidecar, 1000m init + 200m sidecar before it) = 1200m
+    assert_eq!(i.requests.milli_cpu, 1200);
+    assert_eq!(i.requests.pods, 1);
+}
+
+#[test]
+fn node_selector_and_taints() {
+    let mut tainted = node("gpu", "8", "8Gi", &[("accel", "gpu")]);
+    tainted.spec.as_mut().unwrap().taints = Some(vec![Taint {
+        key: "dedicated".into(),
+        value: Some("gpu".into()),
+        effect: "NoSchedule".into(),
+        ..Default::default()
+    }]);
+    let mut unsched = node("cordoned", "8", "8Gi", &[("accel", "gpu")]);
+    unsched.spec.as_mut().unwrap().unschedulable = Some(true);
+    let mut c = Cluster::new(vec![tainted, unsched, node("plain", "8", "8Gi", &[])]);
+
+    let mut wants_gpu = pod("w", "1", &[]);
+    wants_gpu.spec.as_mut().unwrap().node_selector = Some(map(&[("accel", "gpu")]));
+    assert_eq!(
+        c.schedule(wants_gpu.clone()).unwrap_err(),
+        "0/3 nodes are available: 1 node(s) didn't match Pod's node affinity/selector, \
+         1 node(s) had untolerated taint {dedicated: gpu}, 1 node(s) were unschedulable."
+    );
+    wants_gpu.spec.as_mut().unwrap().tolerations = Some(vec![Toleration {
+        key: Some("dedicated".into()),
+        operator: Some("Equal".into()),
+        value: Some("gpu".into()),
+        effect: Some("NoSchedule".into()),
+        ..Default::default()
+    }]);
+    assert_eq!(c.schedule(wants_gpu).unwrap(), "gpu");
+}
+
+#[test]
+fn host_ports_conflict() {
+    let mut c = Cluster::new(vec![node("a", "8", "8Gi", &[]), node("b", "8", "8Gi", &[])]);
+    let with_port = |name: &str| {
+        let mut p = pod(name, "10m", &[]);
+        p.spec.as_mut().unwrap().containers[0].ports = Some(vec![ContainerPort {
+            container_port: 80,
+            host_port: Some(8080),
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]);
+        p
+    };
+    let first = c.schedule(with_port("p1")).unwrap();
+    let second = c.schedule(with_port("p2")).unwrap();
+    assert_ne!(first, second);
+    assert!(c
+        .schedule(with_port("p3"))
+        .unwrap_err()
+        .contains("2 node(s) didn't have free ports for the requested pod ports"));
+}
+
+#[test]
+fn required_anti_affinity_keeps_replicas_apart_both_ways() {
+    let mut c = Cluster::new(vec![
+        node("a", "8", "8Gi", &[("kubernetes.io/hostname", "a")]),
+        node("b", "8", "8Gi", &[("kubernetes.io/hostname", "b")]),
+    ]);
+    let anti = |name: &str| {
+        let mut p = pod(name, "10m", &[("app", "db")]);
+        p.spec.as_mut().unwrap().affinity = Some(Affinity {
+            pod_anti_affinity: Some(PodAntiAffinity {
+                required_during_scheduling_ignored_during_execution: Some(vec![PodAffinityTerm {
+                    label_selector: Some(K8sSelector {
+                        match_labels: Some(map(&[("app", "db")])),
+                        ..Default::default()
+                    }),
+                    topology_key: "kubernetes.io/hostname".into(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        p
+    };
+    let a = c.schedule(anti("db-0")).unwrap();
+    let b = c.schedule(anti("db-1")).unwrap();
+    assert_ne!(a, b);
+    // Both the new pod's own terms and the placed pods' terms reject it; the placed pods'
+    // anti-affinity is checked first, as in kube-scheduler.
+    assert_eq!(
+        c.schedule(anti("db-2")).unwrap_err(),
+        "0/2 nodes are available: 2 node(s) didn't satisfy existing pods anti-affinity rules."
+    );
+    // A plain pod with the label is rejected by the existing pods' anti-affinity (symmetry).
+    assert!(c
+        .schedule(pod("other", "10m", &[("app", "db")]))
+        .unwrap_err()
+        .contains("existing pods anti-affinity"));
+    assert!(c
+        .schedule(pod("unrelated", "10m", &[("app", "web")]))
+        .is_ok());
+}
+
+#[test]
+fn topology_spread_do_not_schedule() {
+    let mut c = Cluster::new(vec![
+        node("a1", "8", "8Gi", &[("zone", "a")]),
+        node("a2", "8", "8Gi", &[("zone", "a")]),
+        node("b1", "8", "8Gi", &[("zone", "b")]),
+    ]);
+    let spread = |name: &str| {
+        let mut p = pod(name, "10m", &[("app", "web")]);
+        p.spec.as_mut().unwrap().topology_spread_constraints =
+            Some(vec![TopologySpreadConstraint {
+                max_skew: 1,
+                topology_key: "zone".into(),
+                when_unsatisfiable: "DoNotSchedule".into(),
+                label_selector: Some(K8sSelector {
+                    match_labels: Some(map(&[("app", "web")])),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]);
+        p
+    };
+    let mut per_zone: BTreeMap<char, usize> = BTreeMap::new();
+    for i in 0..6 {
+        let n = c.schedule(spread(&format!("w{i}"))).unwrap();
+        *per_zone.entry(n.chars().next().unwrap()).or_default() += 1;
+        let counts: Vec<usize> = per_zone.values().copied().collect();
+        let skew = counts.iter().max().unwrap() - counts.iter().min().unwrap();
+        assert!(
+            skew <= 1 || per_zone.len() < 2,
+            "skew {skew} after {i}: {per_zone:?}"
+        );
+    }
+    assert_eq!(per_zone[&'a'], 3);
+    assert_eq!(per_zone[&'b'], 3);
+}
+
+#[test]
+fn sampling_matches_kube_scheduler() {
+    assert_eq!(num_feasible_nodes_to_find(50, None), 50);
+    assert_eq!(num_feasible_nodes_to_find(1000, None), 420);
+    assert_eq!(num_feasible_nodes_to_find(5000, None), 500);
+    assert_eq!(num_feasible_nodes_to_find(100_000, None), 5000);
+    assert_eq!(num_feasible_nodes_to_find(5000, Some(100)), 5000);
+    assert_eq!(num_feasible_nodes_to_find(150, Some(10)), 100);
+}
+
+#[test]
+fn large_cluster_search_rotates_over_all_nodes() {
+    let nodes: Vec<Node> = (0..1000)
+        .map(|i| node(&format!("n{i:04}"), "4", "8Gi", &[]))
+        .collect();
+    let mut c = Cluster::new(nodes);
+    let mut used = std::collections::HashSet::new();
+    for i in 0..2000 {
+        used.insert(c.schedule(pod(&format!("p{i}"), "100m", &[])).unwrap());
+    }
+    // Rotating start index + least-allocated scoring spreads pods over every node.
+    assert_eq!(used.len(), 1000);
+}
