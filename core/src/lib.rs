@@ -6,6 +6,7 @@
 
 pub mod backend;
 pub mod clock;
+pub mod manifest;
 pub mod controller;
 pub mod controllers;
 pub mod object;
