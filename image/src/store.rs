@@ -294,7 +294,7 @@ impl ImageStore {
                 _ => {}
             }
         }
-        let sizes = self.unpack_layers(&manifest.layers, &diff_ids, on_unpacked)?;
+        self.unpack_layers(&manifest.layers, &diff_ids, on_unpacked)?;
         let size = self.blobs.size(digest).unwrap_or(0)
             + manifest.config.size
             + manifest.layers.iter().map(|l| l.size).sum::<u64>();
@@ -315,9 +315,6 @@ impl ImageStore {
         };
         {
             let mut r = self.records.lock().expect("records lock");
-            for (d, s) in sizes {
-                r.snapshot_sizes.insert(d, s);
-            }
             let rec = r
                 .images
                 .entry(digest.clone())
@@ -338,12 +335,12 @@ impl ImageStore {
         layers: &[Descriptor],
         diff_ids: &[Digest],
         on_unpacked: &(dyn Fn(&Digest) + Sync),
-    ) -> Result<Vec<(Digest, u64)>> {
+    ) -> Result<()> {
         let next = AtomicUsize::new(0);
         let workers = std::thread::available_parallelism()
             .map_or(2, |n| n.get())
             .min(layers.len().max(1));
-        let results: Mutex<Vec<Result<(Digest, u64)>>> = Mutex::new(Vec::new());
+        let results: Mutex<Vec<Result<()>>> = Mutex::new(Vec::new());
         std::thread::scope(|s| {
             for _ in 0..workers {
                 s.spawn(|| loop {
@@ -352,10 +349,7 @@ impl ImageStore {
                         break;
                     }
                     let (layer, diff_id) = (&layers[i], &diff_ids[i]);
-                    let r = self
-                        .snapshots
-                        .ensure(&self.blobs.path(&layer.digest), &layer.digest, diff_id)
-                        .map(|st| (diff_id.clone(), st.map_or(0, |s| s.uncompressed_size)));
+                    let r = self.ensure_snapshot(layer, diff_id);
                     if r.is_ok() {
                         on_unpacked(&layer.digest);
                     }
@@ -368,14 +362,24 @@ impl ImageStore {
                 });
             }
         });
-        let mut out = Vec::new();
-        for r in results.into_inner().expect("results lock") {
-            let (d, size) = r?;
-            if size > 0 {
-                out.push((d, size));
-            }
+        results
+            .into_inner()
+            .expect("results lock")
+            .into_iter()
+            .collect()
+    }
+
+    /// Unpacks `layer` into its snapshot unless present, recording its unpacked size.
+    pub fn ensure_snapshot(&self, layer: &Descriptor, diff_id: &Digest) -> Result<()> {
+        let stats =
+            self.snapshots
+                .ensure(&self.blobs.path(&layer.digest), &layer.digest, diff_id)?;
+        if let Some(st) = stats {
+            let mut r = self.records.lock().expect("records lock");
+            r.snapshot_sizes
+                .insert(diff_id.clone(), st.uncompressed_size);
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Finds the image `s` names: a reference (tag or `name@digest`), an image id or

@@ -504,3 +504,54 @@ async fn bearer_token_registry() {
     assert_eq!(img.layers.len(), 3);
     server.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_service_trait() {
+    use wharf_core::backend::image::{ImageService, PullOptions as TraitPull};
+    use wharf_core::backend::runtime::RootFs;
+    use wharf_core::backend::ErrorKind;
+
+    let t = tempfile::tempdir().unwrap();
+    let reg = Registry::start(&t.path().join("reg"), "");
+    reg.push(&multi_layout(t.path()), "1", "test/multi:1", None);
+    let mut config = RegistryConfig::default();
+    config.insecure.insert(reg.addr.clone());
+    let svc = wharf_image::ImageStoreService::new(store(t.path(), "store"), config).unwrap();
+    let reference = format!("{}/test/multi:1", reg.addr);
+    let bad = TraitPull {
+        platform: Some("amd64".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        svc.pull(&reference, &bad).await.unwrap_err().kind,
+        ErrorKind::InvalidArgument
+    );
+    let info = svc.pull(&reference, &TraitPull::default()).await.unwrap();
+    assert_eq!(info.config.entrypoint, ["/bin/busybox"]);
+    assert_eq!(info.config.exposed_ports, ["8080/tcp"]);
+    assert_eq!(info.config.stop_signal.as_deref(), Some("SIGQUIT"));
+    assert!(
+        matches!(&info.rootfs, RootFs::Layers(l) if l.len() == 3 && l.iter().all(|p| p.is_dir()))
+    );
+    assert!(info.size > 1_000_000, "{}", info.size);
+    assert_eq!(
+        svc.image_status(&info.id).await.unwrap(),
+        Some(info.clone())
+    );
+    assert_eq!(svc.list_images().await.unwrap(), vec![info.clone()]);
+    assert_eq!(svc.image_status("nothing:here").await.unwrap(), None);
+
+    svc.store().lease("ctr-1", &reference).unwrap();
+    let err = svc.remove_image(&reference, false).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::FailedPrecondition);
+    svc.store().release("ctr-1").unwrap();
+    svc.remove_image(&reference, false).await.unwrap();
+    svc.remove_image(&reference, false).await.unwrap(); // absent: fine
+    assert!(svc.list_images().await.unwrap().is_empty());
+    assert_empty(svc.store());
+    let missing = svc
+        .pull(&format!("{}/test/none:1", reg.addr), &TraitPull::default())
+        .await
+        .unwrap_err();
+    assert!(missing.is_not_found(), "{missing}");
+}

@@ -219,13 +219,8 @@ async fn layer_job(
         );
     }
     let s = store.clone();
-    let d = layer.digest.clone();
-    blocking(move || {
-        s.snapshots()
-            .ensure(&s.blobs().path(&d), &d, &diff_id)
-            .map(|_| ())
-    })
-    .await?;
+    let l = layer.clone();
+    blocking(move || s.ensure_snapshot(&l, &diff_id)).await?;
     emit(
         &opts.progress,
         PullEvent::LayerUnpacked {
