@@ -5,12 +5,14 @@
 //! - [`driver`]: the built-in hostpath CSI driver (directory-backed local volumes), served
 //!   in-process or by the `wharf-hostpath-csi` binary on `CSI_ENDPOINT`.
 //! - [`client`]: [`CsiPlugin`], Wharf's `VolumePlugin` over any CSI driver.
+//! - [`intree`]: emptyDir, hostPath, configMap, secret, downwardAPI and projected volumes.
 //! - [`server`]: unix-socket endpoints: serve a driver, connect to one.
 
 pub mod client;
 pub mod driver;
 pub mod error;
 pub mod fsutil;
+pub mod intree;
 pub mod mount;
 pub mod proto;
 pub mod server;
