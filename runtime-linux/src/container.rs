@@ -1,0 +1,578 @@
+//! The lifecycle verbs over the state directory: create, start, kill, delete, pause,
+//! resume, update, state, list, exec.
+//!
+//! [`Engine`] is synchronous. `create` and `exec` fork, so they may only be called from
+//! a single-threaded process that is a child subreaper (the `wharf-runc` binary, the
+//! per-node monitor); every other verb is safe anywhere, including async programs.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::fd::{AsFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use oci_spec::runtime::{Hook, LinuxResources};
+use serde::Serialize;
+
+use crate::cgroup::{self, Cgroup};
+use crate::error::{Error, Result};
+use crate::init::{self, InitPlan, ProcessPlan, Spawned};
+use crate::plan;
+use crate::rootfs::Overlay;
+use crate::spec::{check_id, Bundle};
+use crate::state::{self, Dir, ExitInfo, Record, Status};
+use crate::sys;
+
+/// Options for [`Engine::create`] beyond the bundle.
+#[derive(Debug, Clone, Default)]
+pub struct CreateOptions {
+    /// Descriptors to install as the container's stdin, stdout, stderr (None: inherit).
+    pub stdio: [Option<RawFd>; 3],
+    /// Mount this overlay as the root filesystem (at the bundle's rootfs path).
+    pub overlay: Option<Overlay>,
+    /// Directories to remove when the container is deleted.
+    pub owned_dirs: Vec<PathBuf>,
+    /// Write the init pid here.
+    pub pid_file: Option<PathBuf>,
+}
+
+/// A container's state as the OCI runtime spec (and runc) report it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ContainerState {
+    /// OCI version.
+    #[serde(rename = "ociVersion")]
+    pub oci_version: String,
+    /// Container id.
+    pub id: String,
+    /// Status.
+    pub status: Status,
+    /// Init pid (0 once stopped).
+    pub pid: i32,
+    /// Bundle directory.
+    pub bundle: PathBuf,
+    /// Root filesystem.
+    pub rootfs: PathBuf,
+    /// Creation time, RFC 3339.
+    pub created: String,
+    /// Annotations.
+    pub annotations: HashMap<String, String>,
+    /// Exit information once stopped and known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit: Option<ExitInfo>,
+    /// Creation time, Unix nanoseconds.
+    #[serde(skip)]
+    pub created_unix_nanos: u128,
+}
+
+/// Container operations over one runtime root.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    root: PathBuf,
+    host_bounding: u64,
+}
+
+impl Engine {
+    /// An engine over `root` (created if missing).
+    pub fn new(root: impl Into<PathBuf>) -> Result<Engine> {
+        let root = root.into();
+        std::fs::create_dir_all(&root)
+            .map_err(|e| Error::os("-", format!("create runtime root {}", root.display()), e))?;
+        Ok(Engine {
+            root,
+            host_bounding: crate::caps::host_bounding(),
+        })
+    }
+
+    /// The runtime root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The state directory of `id`.
+    pub fn dir(&self, id: &str) -> Dir {
+        Dir::new(&self.root, id)
+    }
+
+    /// Loads a container's record.
+    pub fn record(&self, id: &str) -> Result<Record> {
+        check_id(id)?;
+        state::read_json(&self.dir(id).state()).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::NotFound(id.into()),
+            _ => Error::os(id, "read state", e),
+        })
+    }
+
+    /// When `id` was started (Unix nanoseconds), if it was.
+    pub fn started_at(&self, id: &str) -> Option<u128> {
+        std::fs::read_to_string(self.dir(id).path.join("started"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// The exit recorded for `id`, if any.
+    pub fn exit_info(&self, id: &str) -> Option<ExitInfo> {
+        state::read_json(&self.dir(id).exit()).ok()
+    }
+
+    /// The current status of a recorded container.
+    pub fn status(&self, rec: &Record) -> Status {
+        if self.dir(&rec.id).exit().exists() {
+            return Status::Stopped;
+        }
+        if !state::alive(rec.pid, rec.pid_start) {
+            return Status::Stopped;
+        }
+        if self.dir(&rec.id).fifo().exists() {
+            Status::Created
+        } else if rec.cgroup.is_frozen() {
+            Status::Paused
+        } else {
+            Status::Running
+        }
+    }
+
+    /// The OCI state of `id`.
+    pub fn state(&self, id: &str) -> Result<ContainerState> {
+        let rec = self.record(id)?;
+        Ok(self.state_of(&rec))
+    }
+
+    fn state_of(&self, rec: &Record) -> ContainerState {
+        let status = self.status(rec);
+        ContainerState {
+            oci_version: "1.2.0".into(),
+            id: rec.id.clone(),
+            status,
+            pid: if status == Status::Stopped {
+                0
+            } else {
+                rec.pid
+            },
+            bundle: rec.bundle.clone(),
+            rootfs: rec.rootfs.clone(),
+            created: state::rfc3339(rec.created_unix_nanos),
+            annotations: rec.annotations.clone(),
+            exit: self.exit_info(&rec.id),
+            created_unix_nanos: rec.created_unix_nanos,
+        }
+    }
+
+    /// Every container under the root.
+    pub fn list(&self) -> Result<Vec<ContainerState>> {
+        let mut out = Vec::new();
+        let entries = std::fs::read_dir(&self.root)
+            .map_err(|e| Error::os("-", format!("list {}", self.root.display()), e))?;
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if check_id(&name).is_err() {
+                continue;
+            }
+            if let Ok(rec) = state::read_json::<Record>(&self.dir(&name).state()) {
+                out.push(self.state_of(&rec));
+            }
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    /// Creates container `id` from `bundle`: namespaces, cgroup, root filesystem, all
+    /// set up; the process waits for [`Engine::start`]. On error nothing is left behind.
+    /// Forks: call only from a single-threaded subreaper process.
+    pub fn create(&self, id: &str, bundle: &Bundle, opts: &CreateOptions) -> Result<Record> {
+        check_id(id)?;
+        let dir = self.dir(id);
+        match std::fs::create_dir(&dir.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(Error::AlreadyExists(id.into()))
+            }
+            Err(e) => {
+                return Err(Error::os(
+                    id,
+                    format!("create state dir {}", dir.path.display()),
+                    e,
+                ))
+            }
+        }
+        let mut cg = None;
+        let res = self.create_in(id, bundle, opts, &dir, &mut cg);
+        if res.is_err() {
+            if let Some(cg) = cg {
+                let _ = cg.kill_all(id, Duration::from_secs(5));
+                let _ = cg.destroy();
+            }
+            let _ = std::fs::remove_dir_all(&dir.path);
+        }
+        res
+    }
+
+    fn create_in(
+        &self,
+        id: &str,
+        bundle: &Bundle,
+        opts: &CreateOptions,
+        dir: &Dir,
+        cg_out: &mut Option<Cgroup>,
+    ) -> Result<Record> {
+        let linux = bundle.spec.linux().clone().unwrap_or_default();
+        // Plan first (pure checks), then the cgroup, then the process.
+        let probe = plan::init_plan(
+            id,
+            bundle,
+            &Cgroup::default(),
+            opts.overlay.clone(),
+            dir.fifo(),
+            self.host_bounding,
+        )?;
+        drop(probe);
+        let rel = cgroup::relative_path(id, linux.cgroups_path().as_deref());
+        let cg = Cgroup::create(id, &rel, linux.resources().as_ref())?;
+        *cg_out = Some(cg.clone());
+        cg.allow_devices(id, linux.devices().as_deref().unwrap_or(&[]))?;
+        let mut plan = plan::init_plan(
+            id,
+            bundle,
+            &cg,
+            opts.overlay.clone(),
+            dir.fifo(),
+            self.host_bounding,
+        )?;
+        plan.stdio = opts.stdio;
+        let fifo = sys::cstr(dir.fifo()).map_err(|e| Error::os(id, "fifo path", e))?;
+        sys::mkfifo(&fifo, 0o600)
+            .map_err(|e| Error::os(id, format!("mkfifo {}", dir.fifo().display()), e))?;
+        let Spawned { pid } = init::spawn(&plan)?;
+        let pid_start = state::proc_stat(pid).map(|(_, s)| s).unwrap_or(0);
+        let hooks = bundle.spec.hooks().clone().unwrap_or_default();
+        let rec = Record {
+            id: id.into(),
+            bundle: bundle.dir.clone(),
+            rootfs: bundle.rootfs.clone(),
+            pid,
+            pid_start,
+            created_unix_nanos: state::now_nanos(),
+            cgroup: cg,
+            annotations: bundle.spec.annotations().clone().unwrap_or_default(),
+            owned_dirs: opts.owned_dirs.clone(),
+            poststop: hooks.poststop().clone().unwrap_or_default(),
+            poststart: hooks.poststart().clone().unwrap_or_default(),
+        };
+        state::write_json(&dir.state(), &rec).map_err(|e| Error::os(id, "write state", e))?;
+        if let Some(p) = &opts.pid_file {
+            std::fs::write(p, pid.to_string())
+                .map_err(|e| Error::os(id, format!("write pid file {}", p.display()), e))?;
+        }
+        // prestart and createRuntime run in the runtime's namespaces once the container
+        // exists and before its program starts.
+        let oci = self.state_of(&rec);
+        for (kind, list) in [
+            ("prestart", hooks.prestart()),
+            ("createRuntime", hooks.create_runtime()),
+        ] {
+            for h in list.iter().flatten() {
+                run_hook(id, kind, h, &oci)?;
+            }
+        }
+        Ok(rec)
+    }
+
+    /// Starts the program of a created container.
+    pub fn start(&self, id: &str) -> Result<()> {
+        let rec = self.record(id)?;
+        let status = self.status(&rec);
+        if status != Status::Created {
+            return Err(Error::InvalidState {
+                id: id.into(),
+                status: status.to_string(),
+                operation: "start",
+            });
+        }
+        let fifo = self.dir(id).fifo();
+        // Opening for writing succeeds only while the container holds its read end.
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags_nonblock()
+            .open(&fifo)
+            .map_err(|e| Error::InvalidState {
+                id: id.into(),
+                status: format!("not waiting for start ({e})"),
+                operation: "start",
+            })?;
+        f.write_all(b"0")
+            .map_err(|e| Error::os(id, "signal start", e))?;
+        let _ = std::fs::remove_file(&fifo);
+        let _ = std::fs::write(
+            self.dir(id).path.join("started"),
+            state::now_nanos().to_string(),
+        );
+        let oci = self.state_of(&rec);
+        for h in &rec.poststart {
+            if let Err(e) = run_hook(id, "poststart", h, &oci) {
+                tracing::warn!(id, error = %e, "poststart hook failed");
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends `signal` to the init process (or, with `all`, every process in the cgroup).
+    pub fn kill(&self, id: &str, signal: i32, all: bool) -> Result<()> {
+        let rec = self.record(id)?;
+        if all {
+            for pid in rec.cgroup.pids() {
+                let _ = sys::kill(pid, signal);
+            }
+            return Ok(());
+        }
+        let status = self.status(&rec);
+        if status == Status::Stopped {
+            return Err(Error::InvalidState {
+                id: id.into(),
+                status: status.to_string(),
+                operation: "kill",
+            });
+        }
+        // The pidfd pins the process; checking the start time after opening it rules
+        // out signalling a recycled pid.
+        let fd = sys::pidfd_open(rec.pid)
+            .map_err(|e| Error::os(id, format!("pidfd_open {}", rec.pid), e))?;
+        if !state::alive(rec.pid, rec.pid_start) {
+            return Err(Error::InvalidState {
+                id: id.into(),
+                status: "stopped".into(),
+                operation: "kill",
+            });
+        }
+        sys::pidfd_send_signal(fd.as_fd(), signal)
+            .map_err(|e| Error::os(id, format!("signal {signal} to pid {}", rec.pid), e))?;
+        if rec.cgroup.is_frozen() && (signal == libc::SIGKILL || signal == libc::SIGTERM) {
+            // A frozen process cannot act on the signal; let it.
+            let _ = rec.cgroup.set_frozen(id, false);
+        }
+        Ok(())
+    }
+
+    /// Deletes a container: its processes (with `force`, or when only created), cgroup,
+    /// state and owned directories.
+    pub fn delete(&self, id: &str, force: bool) -> Result<()> {
+        let rec = match self.record(id) {
+            Ok(r) => r,
+            Err(Error::NotFound(_)) if force => return self.delete_orphan(id),
+            Err(e) => return Err(e),
+        };
+        let status = self.status(&rec);
+        if matches!(status, Status::Running | Status::Paused) && !force {
+            return Err(Error::InvalidState {
+                id: id.into(),
+                status: status.to_string(),
+                operation: "delete (use force)",
+            });
+        }
+        if status != Status::Stopped {
+            let _ = sys::kill(rec.pid, libc::SIGKILL);
+        }
+        rec.cgroup.kill_all(id, Duration::from_secs(10))?;
+        // Reap the init if it is our child (wharf-runc run); elsewhere the monitor does.
+        let _ = reap_if_child(rec.pid);
+        let oci = ContainerState {
+            status: Status::Stopped,
+            ..self.state_of(&rec)
+        };
+        for h in &rec.poststop {
+            if let Err(e) = run_hook(id, "poststop", h, &oci) {
+                tracing::warn!(id, error = %e, "poststop hook failed");
+            }
+        }
+        rec.cgroup
+            .destroy()
+            .map_err(|e| Error::os(id, "remove cgroup", e))?;
+        for d in &rec.owned_dirs {
+            let _ = std::fs::remove_dir_all(d);
+        }
+        std::fs::remove_dir_all(self.dir(id).path).map_err(|e| Error::os(id, "remove state dir", e))
+    }
+
+    fn delete_orphan(&self, id: &str) -> Result<()> {
+        match std::fs::remove_dir_all(self.dir(id).path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::NotFound(id.into())),
+            Err(e) => Err(Error::os(id, "remove state dir", e)),
+        }
+    }
+
+    /// Freezes a running container.
+    pub fn pause(&self, id: &str) -> Result<()> {
+        let rec = self.record(id)?;
+        let status = self.status(&rec);
+        if status != Status::Running {
+            return Err(Error::InvalidState {
+                id: id.into(),
+                status: status.to_string(),
+                operation: "pause",
+            });
+        }
+        rec.cgroup.set_frozen(id, true)
+    }
+
+    /// Thaws a paused container.
+    pub fn resume(&self, id: &str) -> Result<()> {
+        let rec = self.record(id)?;
+        let status = self.status(&rec);
+        if status != Status::Paused {
+            return Err(Error::InvalidState {
+                id: id.into(),
+                status: status.to_string(),
+                operation: "resume",
+            });
+        }
+        rec.cgroup.set_frozen(id, false)
+    }
+
+    /// Changes resource limits of a container.
+    pub fn update(&self, id: &str, resources: &LinuxResources) -> Result<()> {
+        let rec = self.record(id)?;
+        rec.cgroup.apply(id, resources)
+    }
+
+    /// Processes in the container's cgroup.
+    pub fn pids(&self, id: &str) -> Result<Vec<i32>> {
+        Ok(self.record(id)?.cgroup.pids())
+    }
+
+    /// cgroup statistics.
+    pub fn stats(&self, id: &str) -> Result<cgroup::Stats> {
+        Ok(self.record(id)?.cgroup.stats())
+    }
+
+    /// Runs `process` inside the running container `id` (its namespaces and cgroup).
+    /// Returns the host pid once the program was exec'd. Forks: single-threaded
+    /// subreaper callers only.
+    pub fn exec(
+        &self,
+        id: &str,
+        process: ProcessPlan,
+        stdio: [Option<RawFd>; 3],
+    ) -> Result<Spawned> {
+        let rec = self.record(id)?;
+        let status = self.status(&rec);
+        if status != Status::Running {
+            return Err(Error::InvalidState {
+                id: id.into(),
+                status: status.to_string(),
+                operation: "exec",
+            });
+        }
+        let plan = InitPlan {
+            id: id.into(),
+            cgroup_procs: rec.cgroup.procs_files(),
+            join: plan::namespaces_of(rec.pid),
+            process,
+            stdio,
+            ..InitPlan::default()
+        };
+        init::spawn(&plan)
+    }
+
+    /// The process plan of the container's own `process` (a base for exec).
+    pub fn process_of(&self, id: &str) -> Result<ProcessPlan> {
+        let rec = self.record(id)?;
+        let bundle = Bundle::load(id, &rec.bundle)?;
+        plan::process_plan(
+            id,
+            &rec.rootfs,
+            bundle.spec.process().as_ref().expect("validated"),
+            self.host_bounding,
+        )
+    }
+
+    /// Records how the init process ended (called by whoever reaped it).
+    pub fn record_exit(&self, id: &str, status: sys::WaitStatus) -> Result<ExitInfo> {
+        let rec = self.record(id)?;
+        let signal = match status {
+            sys::WaitStatus::Signaled(s) => Some(s),
+            sys::WaitStatus::Exited(_) => None,
+        };
+        let info = ExitInfo {
+            code: status.code(),
+            signal,
+            oom_killed: rec.cgroup.oom_kills() > 0 && signal == Some(libc::SIGKILL),
+            finished_unix_nanos: state::now_nanos(),
+        };
+        state::write_json(&self.dir(id).exit(), &info)
+            .map_err(|e| Error::os(id, "write exit", e))?;
+        Ok(info)
+    }
+}
+
+trait NonBlock {
+    fn custom_flags_nonblock(&mut self) -> &mut Self;
+}
+
+impl NonBlock for std::fs::OpenOptions {
+    fn custom_flags_nonblock(&mut self) -> &mut Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+    }
+}
+
+fn reap_if_child(pid: i32) -> std::io::Result<()> {
+    // Only reaps when `pid` is our exited child; never blocks.
+    sys::reap_pid_nohang(pid).map(drop)
+}
+
+/// Runs one OCI hook with the container state on stdin, honouring its timeout.
+pub fn run_hook(id: &str, kind: &'static str, hook: &Hook, state: &ContainerState) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+    let fail = |message: String| Error::Hook {
+        id: id.into(),
+        hook: kind,
+        path: hook.path().clone(),
+        message,
+    };
+    let mut cmd = Command::new(hook.path());
+    let args = hook.args().clone().unwrap_or_default();
+    if let Some(a0) = args.first() {
+        cmd.arg0(a0);
+    }
+    cmd.args(args.iter().skip(1));
+    if let Some(env) = hook.env() {
+        cmd.env_clear();
+        for kv in env {
+            if let Some((k, v)) = kv.split_once('=') {
+                cmd.env(k, v);
+            }
+        }
+    }
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| fail(e.to_string()))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(&serde_json::to_vec(state).unwrap_or_default());
+    }
+    let deadline = hook
+        .timeout()
+        .filter(|t| *t > 0)
+        .map(|t| std::time::Instant::now() + Duration::from_secs(t as u64));
+    loop {
+        match child.try_wait().map_err(|e| fail(e.to_string()))? {
+            Some(st) if st.success() => return Ok(()),
+            Some(st) => {
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut e, &mut err);
+                }
+                return Err(fail(format!("{st}: {}", err.trim())));
+            }
+            None => {}
+        }
+        if deadline.is_some_and(|d| std::time::Instant::now() > d) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(fail("timed out".into()));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}

@@ -1,0 +1,537 @@
+//! The container process, from fork to `execve`, and the parent's side of its setup.
+//!
+//! Process model: the runtime forks only from single-threaded processes — the
+//! `wharf-runc` binary, or the per-node monitor that a (multithreaded, async) embedding
+//! program talks to over a socket. The forked child may therefore run ordinary Rust code
+//! (allocate, format errors) while it builds the container, and no helper binary is
+//! re-executed inside the container: the only program ever exec'd there is the user's.
+//! The child marks itself non-dumpable at once, so a container process can never open
+//! its `/proc/<pid>/exe` (CVE-2019-5736), and every descriptor from 3 up (beyond
+//! `preserve_fds`) is made close-on-exec right before `execve` (CVE-2024-21626).
+//!
+//! Sequence (C1 = forked child, C2 = its child when a pid namespace is involved):
+//! 1. C1: non-dumpable, oom_score_adj, join the cgroup, `setns` into namespaces given by
+//!    path (user first), `unshare` a new user namespace and wait for the parent to write
+//!    the id maps, then `unshare` the other new namespaces.
+//! 2. With a new or joined pid namespace C1 forks C2 (pid 1 there), reports its pid and
+//!    exits; the parent, a child subreaper, inherits C2.
+//! 3. The container process mounts its root, pivots, sets hostname, sysctls, rlimits,
+//!    identity and capabilities, reports `Ready` and blocks on the exec fifo until
+//!    `start` writes a byte into it, then execs.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::caps::CapMasks;
+use crate::error::{Error, Result};
+use crate::rootfs::{self, RootfsPlan};
+use crate::sys::{self, cstr, Fork};
+
+/// A failed setup step inside the child.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StepError {
+    /// What was being done.
+    pub step: String,
+    /// The OS error or explanation.
+    pub message: String,
+}
+
+/// Result of a setup step.
+pub type StepResult<T> = std::result::Result<T, StepError>;
+
+/// Attaches a step description to an error.
+pub trait Step<T> {
+    /// Names the step that produced the error.
+    fn step(self, f: impl FnOnce() -> String) -> StepResult<T>;
+}
+
+impl<T, E: std::fmt::Display> Step<T> for std::result::Result<T, E> {
+    fn step(self, f: impl FnOnce() -> String) -> StepResult<T> {
+        self.map_err(|e| StepError {
+            step: f(),
+            message: e.to_string(),
+        })
+    }
+}
+
+/// The process to exec, prepared before the fork.
+#[derive(Debug, Clone, Default)]
+pub struct ProcessPlan {
+    /// argv.
+    pub args: Vec<String>,
+    /// Environment, `KEY=value`.
+    pub env: Vec<String>,
+    /// Working directory inside the container.
+    pub cwd: PathBuf,
+    /// User id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+    /// Supplementary groups.
+    pub groups: Vec<u32>,
+    /// umask, if set.
+    pub umask: Option<u32>,
+    /// Capability sets (already intersected with the host's bounding set).
+    pub caps: CapMasks,
+    /// Set `no_new_privs`.
+    pub no_new_privs: bool,
+    /// (resource, soft, hard).
+    pub rlimits: Vec<(u32, u64, u64)>,
+    /// Extra descriptors (3, 4, …) passed to the program.
+    pub preserve_fds: u32,
+}
+
+/// Everything the child needs, prepared before the fork.
+#[derive(Debug, Clone, Default)]
+pub struct InitPlan {
+    /// Container id (for errors).
+    pub id: String,
+    /// Filesystem setup; `None` when joining an existing mount namespace (exec).
+    pub rootfs: Option<RootfsPlan>,
+    /// `cgroup.procs` files to join.
+    pub cgroup_procs: Vec<PathBuf>,
+    /// Namespaces to join: (path, CLONE_NEW* type). The user namespace comes first.
+    pub join: Vec<(PathBuf, libc::c_int)>,
+    /// New namespaces to create, other than the user namespace.
+    pub unshare: libc::c_int,
+    /// Create a new user namespace (the parent writes its id maps).
+    pub new_user: bool,
+    /// uid_map contents.
+    pub uid_map: String,
+    /// gid_map contents.
+    pub gid_map: String,
+    /// Hostname (needs a new uts namespace).
+    pub hostname: Option<String>,
+    /// NIS domain name.
+    pub domainname: Option<String>,
+    /// sysctl key → value.
+    pub sysctl: Vec<(String, String)>,
+    /// oom_score_adj.
+    pub oom_score_adj: Option<i32>,
+    /// The program.
+    pub process: ProcessPlan,
+    /// Exec fifo: the process waits on it before exec (None: exec at once).
+    pub fifo: Option<PathBuf>,
+    /// Descriptors to install as 0, 1, 2 (None: inherit).
+    pub stdio: [Option<RawFd>; 3],
+    /// Make the process a session leader (the container's init).
+    pub setsid: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Msg {
+    MapIds,
+    Mapped,
+    Pid { pid: i32, intermediate: i32 },
+    Ready,
+    Error(StepError),
+}
+
+fn send(sock: &UnixDatagram, msg: &Msg) -> io::Result<()> {
+    let bytes = serde_json::to_vec(msg).map_err(io::Error::other)?;
+    sock.send(&bytes).map(drop)
+}
+
+fn recv(sock: &UnixDatagram) -> io::Result<Option<Msg>> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let n = sock.recv(&mut buf)?;
+    if n == 0 {
+        return Ok(None);
+    }
+    serde_json::from_slice(&buf[..n])
+        .map(Some)
+        .map_err(io::Error::other)
+}
+
+/// A started container (or exec) process as the parent sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Spawned {
+    /// Host pid of the container process.
+    pub pid: i32,
+}
+
+/// Forks and sets up a container process per `plan`. Must be called from a
+/// single-threaded process that is a child subreaper (so it inherits C2).
+/// Returns once the process is ready (waiting on its fifo) or, without a fifo, has
+/// exec'd.
+pub fn spawn(plan: &InitPlan) -> Result<Spawned> {
+    let (parent_sock, child_sock) =
+        sys::seqpacket_pair().map_err(|e| Error::os(&plan.id, "socketpair", e))?;
+    let parent_sock = UnixDatagram::from(parent_sock);
+    let child_sock = UnixDatagram::from(child_sock);
+    match sys::fork().map_err(|e| Error::os(&plan.id, "fork", e))? {
+        Fork::Child => {
+            drop(parent_sock);
+            let err = match child(plan, &child_sock) {
+                Ok(never) => match never {},
+                Err(e) => e,
+            };
+            let _ = send(&child_sock, &Msg::Error(err));
+            sys::exit_now(1);
+        }
+        Fork::Parent(c1) => {
+            drop(child_sock);
+            let res = parent(plan, c1, &parent_sock);
+            if let Err(e) = &res {
+                tracing::debug!(id = %plan.id, error = %e, "container setup failed");
+            }
+            res
+        }
+    }
+}
+
+fn parent(plan: &InitPlan, c1: i32, sock: &UnixDatagram) -> Result<Spawned> {
+    let _ = sock.set_read_timeout(Some(Duration::from_secs(60)));
+    let mut pid = None;
+    let mut intermediate = 0;
+    let mut ready = false;
+    let fail = |pid: Option<i32>, intermediate: i32, step: String, message: String| -> Error {
+        for p in [Some(c1), pid].into_iter().flatten() {
+            let _ = sys::kill(p, libc::SIGKILL);
+            let _ = sys::waitpid(p);
+        }
+        if intermediate != 0 && intermediate != c1 {
+            let _ = sys::waitpid(intermediate);
+        }
+        Error::Init {
+            id: plan.id.clone(),
+            step,
+            message,
+        }
+    };
+    loop {
+        let msg = match recv(sock) {
+            Ok(m) => m,
+            Err(e) => {
+                return Err(fail(
+                    pid,
+                    intermediate,
+                    "wait for container process".into(),
+                    e.to_string(),
+                ))
+            }
+        };
+        match msg {
+            Some(Msg::MapIds) => {
+                let r = write_id_maps(c1, &plan.uid_map, &plan.gid_map)
+                    .and_then(|()| send(sock, &Msg::Mapped));
+                if let Err(e) = r {
+                    return Err(fail(
+                        pid,
+                        intermediate,
+                        "write uid/gid maps".into(),
+                        e.to_string(),
+                    ));
+                }
+            }
+            Some(Msg::Pid {
+                pid: p,
+                intermediate: i,
+            }) => {
+                pid = Some(p);
+                intermediate = i;
+                if i != 0 {
+                    // C1 exits right after reporting; reap it so C2 is re-parented to us.
+                    let _ = sys::waitpid(i);
+                }
+            }
+            Some(Msg::Ready) => ready = true,
+            Some(Msg::Error(e)) => return Err(fail(pid, intermediate, e.step, e.message)),
+            Some(Msg::Mapped) => {}
+            None => {
+                // EOF: every copy of the child socket is closed — the process exec'd
+                // (no fifo) or died.
+                if plan.fifo.is_none() {
+                    if let Some(p) = pid {
+                        return Ok(Spawned { pid: p });
+                    }
+                }
+                return Err(fail(
+                    pid,
+                    intermediate,
+                    "container process".into(),
+                    "exited during setup".into(),
+                ));
+            }
+        }
+        if ready {
+            if let Some(p) = pid {
+                return Ok(Spawned { pid: p });
+            }
+        }
+    }
+}
+
+fn write_id_maps(pid: i32, uid_map: &str, gid_map: &str) -> io::Result<()> {
+    std::fs::write(format!("/proc/{pid}/uid_map"), uid_map)?;
+    std::fs::write(format!("/proc/{pid}/gid_map"), gid_map)
+}
+
+fn child(plan: &InitPlan, sock: &UnixDatagram) -> StepResult<std::convert::Infallible> {
+    sys::prctl(libc::PR_SET_DUMPABLE, 0, 0).step(|| "set non-dumpable".into())?;
+    sys::reset_signals();
+    for (i, fd) in plan.stdio.iter().enumerate() {
+        if let Some(fd) = fd {
+            sys::dup_to(*fd, i as RawFd).step(|| format!("install stdio fd {i}"))?;
+        }
+    }
+    if let Some(adj) = plan.oom_score_adj {
+        std::fs::write("/proc/self/oom_score_adj", adj.to_string())
+            .step(|| "write oom_score_adj".into())?;
+    }
+    for f in &plan.cgroup_procs {
+        std::fs::write(f, "0").step(|| format!("join cgroup {}", f.display()))?;
+    }
+    for (path, typ) in &plan.join {
+        let fd = std::fs::File::open(path).step(|| format!("open namespace {}", path.display()))?;
+        sys::setns(fd.as_fd(), *typ).step(|| format!("join namespace {}", path.display()))?;
+    }
+    if plan.new_user {
+        sys::unshare(libc::CLONE_NEWUSER).step(|| "create user namespace".into())?;
+        send(sock, &Msg::MapIds).step(|| "request id maps".into())?;
+        match recv(sock) {
+            Ok(Some(Msg::Mapped)) => {}
+            other => {
+                return Err(StepError {
+                    step: "wait for id maps".into(),
+                    message: format!("{other:?}"),
+                })
+            }
+        }
+        sys::setresgid(0).step(|| "become root in user namespace (gid)".into())?;
+        sys::setresuid(0).step(|| "become root in user namespace (uid)".into())?;
+    }
+    if plan.unshare != 0 {
+        sys::unshare(plan.unshare).step(|| "create namespaces".into())?;
+    }
+    let joins_pid = plan.join.iter().any(|(_, t)| *t == libc::CLONE_NEWPID);
+    if plan.unshare & libc::CLONE_NEWPID != 0 || joins_pid {
+        match sys::fork().step(|| "fork into pid namespace".into())? {
+            Fork::Parent(c2) => {
+                let _ = send(
+                    sock,
+                    &Msg::Pid {
+                        pid: c2,
+                        intermediate: sys::getpid(),
+                    },
+                );
+                sys::exit_now(0);
+            }
+            Fork::Child => {
+                // Back in a fresh process: non-dumpable is inherited, nothing else to redo.
+            }
+        }
+    } else {
+        send(
+            sock,
+            &Msg::Pid {
+                pid: sys::getpid(),
+                intermediate: 0,
+            },
+        )
+        .step(|| "report pid".into())?;
+    }
+    container(plan, sock)
+}
+
+fn container(plan: &InitPlan, sock: &UnixDatagram) -> StepResult<std::convert::Infallible> {
+    if plan.setsid {
+        sys::setsid().step(|| "setsid".into())?;
+    }
+    // The fifo is opened read-write before the pivot (it lives in the state directory,
+    // outside the container): that never blocks, and `start` can only open it for
+    // writing while this descriptor is alive.
+    let fifo = match &plan.fifo {
+        Some(p) => Some(
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(p)
+                .step(|| format!("open exec fifo {}", p.display()))?,
+        ),
+        None => None,
+    };
+    if let Some(r) = &plan.rootfs {
+        rootfs::setup(r)?;
+    }
+    if let Some(h) = &plan.hostname {
+        sys::sethostname(h).step(|| format!("set hostname {h:?}"))?;
+    }
+    if let Some(d) = &plan.domainname {
+        sys::setdomainname(d).step(|| format!("set domainname {d:?}"))?;
+    }
+    for (k, v) in &plan.sysctl {
+        let path = format!("/proc/sys/{}", k.replace('.', "/"));
+        std::fs::write(&path, v).step(|| format!("sysctl {k}={v}"))?;
+    }
+    let exec = prepare_exec(&plan.process)?;
+    if let Some(mut fifo) = fifo {
+        send(sock, &Msg::Ready).step(|| "report ready".into())?;
+        let mut b = [0u8; 1];
+        loop {
+            match io::Read::read(&mut fifo, &mut b) {
+                Ok(1) => break,
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e).step(|| "wait for start".into()),
+            }
+        }
+        drop(fifo);
+    }
+    sys::cloexec_from(3 + plan.process.preserve_fds)
+        .step(|| "close inherited descriptors".into())?;
+    let err = sys::execve(&exec.path, &exec.argv, &exec.envp);
+    Err(StepError {
+        step: format!("exec {}", exec.path.to_string_lossy()),
+        message: err.to_string(),
+    })
+}
+
+/// The program, argv and environment, resolved inside the container.
+pub struct Exec {
+    path: CString,
+    argv: Vec<CString>,
+    envp: Vec<CString>,
+}
+
+/// Applies rlimits, identity, capabilities, no_new_privs, umask and cwd, and resolves
+/// the program. Runs inside the container (after the pivot or `setns`).
+pub fn prepare_exec(p: &ProcessPlan) -> StepResult<Exec> {
+    for (res, soft, hard) in &p.rlimits {
+        let (_, cur_hard) = sys::getrlimit(*res).step(|| format!("getrlimit {res}"))?;
+        // Never above the current hard limit: raising it needs CAP_SYS_RESOURCE, which
+        // hosts like this one do not grant.
+        let hard = (*hard).min(cur_hard);
+        let soft = (*soft).min(hard);
+        sys::setrlimit(*res, soft, hard).step(|| format!("setrlimit {res} {soft}:{hard}"))?;
+    }
+    let mut env = p.env.clone();
+    if !env.iter().any(|e| e.starts_with("HOME=")) {
+        env.push(format!(
+            "HOME={}",
+            home_of(p.uid).unwrap_or_else(|| "/".into())
+        ));
+    }
+    let path =
+        resolve_program(&p.args[0], &env).step(|| format!("find program {:?}", p.args[0]))?;
+
+    // Bounding set first (needs CAP_SETPCAP, still held), then identity with
+    // KEEPCAPS, then the remaining sets.
+    for cap in 0..64u32 {
+        if p.caps.bounding & (1 << cap) == 0 {
+            match sys::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => break,
+                Err(e) => {
+                    return Err(e).step(|| format!("drop capability {cap} from bounding set"))
+                }
+            }
+        }
+    }
+    sys::prctl(libc::PR_SET_KEEPCAPS, 1, 0).step(|| "keep capabilities".into())?;
+    sys::setgroups(&p.groups)
+        .or_else(|e| if p.groups.is_empty() { Ok(()) } else { Err(e) })
+        .step(|| format!("setgroups {:?}", p.groups))?;
+    sys::setresgid(p.gid).step(|| format!("setgid {}", p.gid))?;
+    sys::setresuid(p.uid).step(|| format!("setuid {}", p.uid))?;
+    sys::capset(sys::CapSets {
+        effective: p.caps.effective,
+        permitted: p.caps.permitted,
+        inheritable: p.caps.inheritable,
+    })
+    .step(|| "set capabilities".into())?;
+    for cap in 0..64u32 {
+        if p.caps.ambient & (1 << cap) != 0 {
+            sys::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
+                cap as libc::c_ulong,
+            )
+            .step(|| format!("raise ambient capability {cap}"))?;
+        }
+    }
+    if p.no_new_privs {
+        sys::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0).step(|| "set no_new_privs".into())?;
+    }
+    if let Some(m) = p.umask {
+        sys::umask(m);
+    }
+    std::env::set_current_dir(&p.cwd).step(|| format!("chdir {}", p.cwd.display()))?;
+    // A working directory outside the container root shows as "(unreachable)…".
+    let cwd = std::env::current_dir().step(|| "getcwd".into())?;
+    if !cwd.is_absolute() || cwd.to_string_lossy().starts_with("(unreachable)") {
+        return Err(StepError {
+            step: "check cwd".into(),
+            message: format!("{} is outside the container", cwd.display()),
+        });
+    }
+    let c = |s: &String| cstr(s).step(|| format!("NUL in {s:?}"));
+    Ok(Exec {
+        path: cstr(&path).step(|| "program path".into())?,
+        argv: p.args.iter().map(c).collect::<StepResult<_>>()?,
+        envp: env.iter().map(c).collect::<StepResult<_>>()?,
+    })
+}
+
+/// Runs `prepare_exec` then `execve` (for exec into a running container).
+pub fn exec_now(p: &ProcessPlan) -> StepResult<std::convert::Infallible> {
+    let exec = prepare_exec(p)?;
+    sys::cloexec_from(3 + p.preserve_fds).step(|| "close inherited descriptors".into())?;
+    let err = sys::execve(&exec.path, &exec.argv, &exec.envp);
+    Err(StepError {
+        step: format!("exec {}", exec.path.to_string_lossy()),
+        message: err.to_string(),
+    })
+}
+
+fn home_of(uid: u32) -> Option<String> {
+    let text = std::fs::read_to_string("/etc/passwd").ok()?;
+    text.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() >= 6 && f[2].parse() == Ok(uid)).then(|| f[5].to_string())
+    })
+}
+
+fn resolve_program(arg0: &str, env: &[String]) -> io::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let ok = |p: &Path| {
+        std::fs::metadata(p)
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    };
+    if arg0.contains('/') {
+        return if ok(Path::new(arg0)) {
+            Ok(arg0.into())
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{arg0}: no such executable"),
+            ))
+        };
+    }
+    let path = env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    path.split(':')
+        .map(|d| Path::new(d).join(arg0))
+        .find(|p| ok(p))
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{arg0}: not found in PATH {path}"),
+            )
+        })
+}
+
+/// Keeps `fd` alive (for stdio descriptors handed to a child) — a no-op helper so
+/// callers can express ownership.
+pub fn raw(fd: &OwnedFd) -> RawFd {
+    fd.as_raw_fd()
+}

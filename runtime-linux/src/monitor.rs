@@ -1,0 +1,937 @@
+//! The per-node monitor: one small single-threaded process per runtime root.
+//!
+//! An embedding program is multithreaded and async, so it must not fork containers
+//! itself. Instead it asks the monitor (`wharf-runc --root R monitor`, started on first
+//! use and detached into its own session) over `<root>/monitor.sock`. The monitor forks
+//! the containers, is their parent (and a child subreaper), reaps them, writes each exit
+//! into the container's state (`exit.json`, with OOM kills), copies their output into
+//! CRI log files and streams exit events to subscribers. If the program dies, the
+//! containers and the monitor live on; a restarted program reconnects and finds every
+//! exit recorded. One process serves every container of the node (containerd-shim and
+//! conmon cost one per container).
+//!
+//! Protocol: one JSON request per line; the answer is one JSON line, except for
+//! `subscribe` (a stream of events) and `exec` with capture (a second line when the
+//! process ends). Idle rule: with no containers alive and no client connected for
+//! [`IDLE_EXIT`], the monitor exits.
+
+use std::collections::HashMap;
+use std::io::{self, BufRead, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::container::{CreateOptions, Engine};
+use crate::error::{Error, Result};
+use crate::init::ProcessPlan;
+use crate::logs::{CriLog, LogTarget, Stream};
+use crate::rootfs::Overlay;
+use crate::spec::Bundle;
+use crate::state::{self, Status};
+use crate::sys;
+
+/// How long an idle monitor lingers before exiting.
+pub const IDLE_EXIT: Duration = Duration::from_secs(2);
+
+/// The monitor's socket under `root`.
+pub fn socket_path(root: &Path) -> PathBuf {
+    root.join("monitor.sock")
+}
+
+/// A process to exec into a running container.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ExecProcess {
+    /// argv.
+    pub args: Vec<String>,
+    /// Extra environment (added to the container's).
+    pub env: Vec<String>,
+    /// Working directory (default: the container's).
+    pub cwd: Option<PathBuf>,
+    /// uid (default: the container's).
+    pub uid: Option<u32>,
+    /// gid (default: the container's).
+    pub gid: Option<u32>,
+}
+
+/// A request to the monitor.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Create a container from a bundle directory.
+    Create {
+        /// Container id.
+        id: String,
+        /// Bundle directory.
+        bundle: PathBuf,
+        /// Overlay root filesystem.
+        overlay: Option<Overlay>,
+        /// Directories deleted with the container.
+        owned_dirs: Vec<PathBuf>,
+        /// CRI log file for stdout/stderr (None: discard).
+        log: Option<LogTarget>,
+    },
+    /// Exec a process in a running container; with `capture`, its output is returned
+    /// when it ends.
+    Exec {
+        /// Container id.
+        id: String,
+        /// The process.
+        process: ExecProcess,
+        /// Return stdout/stderr and the exit code.
+        capture: bool,
+    },
+    /// Create new namespaces (`flags`: CLONE_NEWNET/IPC/UTS) and pin them by bind
+    /// mounts onto `dir/{net,ipc,uts}`, so they live without a process.
+    PinNamespaces {
+        /// Directory for the pin files.
+        dir: PathBuf,
+        /// CLONE_NEW* flags.
+        flags: i32,
+        /// Hostname set in the new uts namespace.
+        hostname: String,
+        /// Namespaced sysctls set inside.
+        sysctls: Vec<(String, String)>,
+    },
+    /// Stream exit events.
+    Subscribe,
+    /// Exit now if no container is alive.
+    Shutdown,
+}
+
+/// An event from the monitor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// A container's init process exited.
+    Exit {
+        /// Container id.
+        id: String,
+        /// Its host pid.
+        pid: i32,
+        /// Exit code (128 + signal when killed).
+        code: i32,
+        /// Killed by the OOM killer.
+        oom_killed: bool,
+        /// Unix nanoseconds.
+        finished_unix_nanos: u128,
+    },
+}
+
+/// An answer from the monitor.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+pub enum Reply {
+    /// Done.
+    Ok,
+    /// A container was created.
+    Created {
+        /// Its init's host pid.
+        pid: i32,
+    },
+    /// An exec process started.
+    ExecStarted {
+        /// Its host pid.
+        pid: i32,
+    },
+    /// A captured exec ended.
+    ExecDone {
+        /// Exit code.
+        code: i32,
+        /// Its standard output.
+        stdout: String,
+        /// Its standard error.
+        stderr: String,
+    },
+    /// An event (subscribers only).
+    Event(Event),
+    /// The request failed.
+    Error {
+        /// Which kind of failure (`not_found`, `already_exists`, `invalid_state`, `other`).
+        kind: String,
+        /// The full message.
+        message: String,
+    },
+}
+
+impl Reply {
+    fn error(e: &Error) -> Reply {
+        let kind = match e {
+            Error::NotFound(_) => "not_found",
+            Error::AlreadyExists(_) => "already_exists",
+            Error::InvalidState { .. } => "invalid_state",
+            Error::InvalidId(_)
+            | Error::ConfigParse { .. }
+            | Error::ConfigField { .. }
+            | Error::ConfigRead { .. }
+            | Error::RootfsMissing { .. }
+            | Error::UnknownUser { .. } => "invalid_argument",
+            _ => "other",
+        };
+        Reply::Error {
+            kind: kind.into(),
+            message: e.to_string(),
+        }
+    }
+}
+
+struct Client {
+    stream: UnixStream,
+    buf: Vec<u8>,
+    subscriber: bool,
+    closed: bool,
+}
+
+enum Tracked {
+    Container { id: String },
+    Exec { client: usize, capture: bool },
+}
+
+struct Pipe {
+    fd: OwnedFd,
+    owner: PipeOwner,
+    stream: Stream,
+}
+
+enum PipeOwner {
+    Container(String),
+    Exec(i32),
+}
+
+struct Capture {
+    out: Vec<u8>,
+    err: Vec<u8>,
+    status: Option<sys::WaitStatus>,
+    client: usize,
+}
+
+struct Monitor {
+    engine: Engine,
+    listener: UnixListener,
+    sigfd: OwnedFd,
+    clients: HashMap<usize, Client>,
+    next_client: usize,
+    children: HashMap<i32, Tracked>,
+    /// Containers found running at start-up whose parent is gone: watched by pidfd.
+    adopted: HashMap<i32, (OwnedFd, String)>,
+    pipes: Vec<Pipe>,
+    logs: HashMap<String, CriLog>,
+    captures: HashMap<i32, Capture>,
+    idle_since: Option<Instant>,
+    quit: bool,
+}
+
+/// Runs the monitor for `root` until it is idle. Returns at once if another monitor
+/// holds the root's lock.
+pub fn serve(root: &Path) -> Result<()> {
+    let engine = Engine::new(root)?;
+    let lock_path = root.join("monitor.lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| Error::os("-", format!("open {}", lock_path.display()), e))?;
+    if !sys::flock_exclusive_nonblocking(lock.as_fd())
+        .map_err(|e| Error::os("-", "lock monitor", e))?
+    {
+        return Ok(());
+    }
+    let _ = sys::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0);
+    let sock = socket_path(root);
+    let _ = std::fs::remove_file(&sock);
+    let listener = UnixListener::bind(&sock)
+        .map_err(|e| Error::os("-", format!("bind {}", sock.display()), e))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| Error::os("-", "listener", e))?;
+    let sigfd = sys::signalfd(&[
+        libc::SIGCHLD,
+        libc::SIGTERM,
+        libc::SIGINT,
+        libc::SIGHUP,
+        libc::SIGPIPE,
+    ])
+    .map_err(|e| Error::os("-", "signalfd", e))?;
+    let mut m = Monitor {
+        engine,
+        listener,
+        sigfd,
+        clients: HashMap::new(),
+        next_client: 0,
+        children: HashMap::new(),
+        adopted: HashMap::new(),
+        pipes: Vec::new(),
+        logs: HashMap::new(),
+        captures: HashMap::new(),
+        idle_since: Some(Instant::now()),
+        quit: false,
+    };
+    m.adopt_existing();
+    let res = m.run();
+    let _ = std::fs::remove_file(&sock);
+    drop(lock);
+    res
+}
+
+impl Monitor {
+    fn adopt_existing(&mut self) {
+        let Ok(list) = self.engine.list() else { return };
+        for s in list {
+            if s.status == Status::Stopped {
+                if s.exit.is_none() {
+                    // Exited while no monitor watched, and nobody can know its code.
+                    self.record_unknown_exit(&s.id);
+                }
+                continue;
+            }
+            if let Ok(fd) = sys::pidfd_open(s.pid) {
+                self.adopted.insert(s.pid, (fd, s.id.clone()));
+            }
+        }
+    }
+
+    fn record_unknown_exit(&mut self, id: &str) {
+        if let Ok(info) = self.engine.record_exit(id, sys::WaitStatus::Exited(255)) {
+            tracing::warn!(
+                id,
+                "container exited while no monitor watched; exit code unknown (255)"
+            );
+            let pid = self.engine.record(id).map(|r| r.pid).unwrap_or(0);
+            self.broadcast(Event::Exit {
+                id: id.into(),
+                pid,
+                code: info.code,
+                oom_killed: info.oom_killed,
+                finished_unix_nanos: info.finished_unix_nanos,
+            });
+        }
+    }
+
+    fn run(&mut self) -> Result<()> {
+        loop {
+            let mut fds = vec![
+                libc::pollfd {
+                    fd: self.listener.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: self.sigfd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            let client_keys: Vec<usize> = self.clients.keys().copied().collect();
+            for k in &client_keys {
+                fds.push(libc::pollfd {
+                    fd: self.clients[k].stream.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
+            }
+            for p in &self.pipes {
+                fds.push(libc::pollfd {
+                    fd: p.fd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
+            }
+            let adopted: Vec<i32> = self.adopted.keys().copied().collect();
+            for pid in &adopted {
+                fds.push(libc::pollfd {
+                    fd: self.adopted[pid].0.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
+            }
+            sys::poll(&mut fds, 200).map_err(|e| Error::os("-", "poll", e))?;
+
+            if fds[1].revents != 0 {
+                self.drain_signals();
+            }
+            self.reap();
+            let base = 2;
+            for (i, k) in client_keys.iter().enumerate() {
+                if fds[base + i].revents != 0 {
+                    self.read_client(*k);
+                }
+            }
+            let pbase = base + client_keys.len();
+            let ready: Vec<RawFd> = self
+                .pipes
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| fds[pbase + i].revents != 0)
+                .map(|(_, p)| p.fd.as_raw_fd())
+                .collect();
+            for fd in ready {
+                self.read_pipe(fd);
+            }
+            let offset = fds.len() - adopted.len();
+            for (i, pid) in adopted.iter().enumerate() {
+                if fds[offset + i].revents != 0 {
+                    if let Some((_, id)) = self.adopted.remove(pid) {
+                        self.record_unknown_exit(&id);
+                    }
+                }
+            }
+            if fds[0].revents != 0 {
+                self.accept();
+            }
+            self.finish_captures();
+            self.clients.retain(|_, c| !c.closed);
+            let idle = self
+                .children
+                .values()
+                .all(|t| !matches!(t, Tracked::Container { .. }))
+                && self.adopted.is_empty()
+                && self.clients.is_empty();
+            if self.quit && self.children.is_empty() && self.adopted.is_empty() {
+                return Ok(());
+            }
+            match (idle, self.idle_since) {
+                (true, None) => self.idle_since = Some(Instant::now()),
+                (true, Some(t)) if t.elapsed() >= IDLE_EXIT && self.children.is_empty() => {
+                    return Ok(())
+                }
+                (false, _) => self.idle_since = None,
+                _ => {}
+            }
+        }
+    }
+
+    fn drain_signals(&mut self) {
+        let mut buf = [0u8; 128 * 4];
+        let mut f = std::fs::File::from(self.sigfd.try_clone().expect("dup signalfd"));
+        while let Ok(n) = f.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            for chunk in buf[..n].chunks(128) {
+                let signo = u32::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]) as i32;
+                if signo == libc::SIGTERM || signo == libc::SIGINT {
+                    self.quit = true;
+                }
+            }
+        }
+    }
+
+    fn reap(&mut self) {
+        while let Ok(Some((pid, status))) = sys::reap_any() {
+            match self.children.remove(&pid) {
+                Some(Tracked::Container { id }) => {
+                    self.drain_pipes_of(&PipeOwner::Container(id.clone()));
+                    self.logs.remove(&id);
+                    match self.engine.record_exit(&id, status) {
+                        Ok(info) => self.broadcast(Event::Exit {
+                            id,
+                            pid,
+                            code: info.code,
+                            oom_killed: info.oom_killed,
+                            finished_unix_nanos: info.finished_unix_nanos,
+                        }),
+                        Err(e) => tracing::warn!(id, error = %e, "recording exit failed"),
+                    }
+                }
+                Some(Tracked::Exec { client, capture }) => {
+                    if capture {
+                        if let Some(c) = self.captures.get_mut(&pid) {
+                            c.status = Some(status);
+                        }
+                    } else {
+                        self.send(
+                            client,
+                            &Reply::ExecDone {
+                                code: status.code(),
+                                stdout: String::new(),
+                                stderr: String::new(),
+                            },
+                        );
+                    }
+                }
+                // Orphans re-parented to us (we are a subreaper): just reaped.
+                None => {}
+            }
+        }
+    }
+
+    fn finish_captures(&mut self) {
+        let done: Vec<i32> = self
+            .captures
+            .iter()
+            .filter(|(pid, c)| {
+                c.status.is_some()
+                    && !self
+                        .pipes
+                        .iter()
+                        .any(|p| matches!(p.owner, PipeOwner::Exec(x) if x == **pid))
+            })
+            .map(|(p, _)| *p)
+            .collect();
+        for pid in done {
+            let c = self.captures.remove(&pid).expect("listed");
+            let reply = Reply::ExecDone {
+                code: c.status.map(|s| s.code()).unwrap_or(-1),
+                stdout: String::from_utf8_lossy(&c.out).into(),
+                stderr: String::from_utf8_lossy(&c.err).into(),
+            };
+            self.send(c.client, &reply);
+        }
+    }
+
+    fn accept(&mut self) {
+        while let Ok((stream, _)) = self.listener.accept() {
+            let _ = stream.set_nonblocking(true);
+            self.clients.insert(
+                self.next_client,
+                Client {
+                    stream,
+                    buf: Vec::new(),
+                    subscriber: false,
+                    closed: false,
+                },
+            );
+            self.next_client += 1;
+        }
+    }
+
+    fn read_client(&mut self, key: usize) {
+        let Some(c) = self.clients.get_mut(&key) else {
+            return;
+        };
+        let mut tmp = [0u8; 8192];
+        loop {
+            match c.stream.read(&mut tmp) {
+                Ok(0) => {
+                    c.closed = true;
+                    break;
+                }
+                Ok(n) => c.buf.extend_from_slice(&tmp[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    c.closed = true;
+                    break;
+                }
+            }
+        }
+        let mut requests = Vec::new();
+        while let Some(pos) = c.buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = c.buf.drain(..=pos).collect();
+            requests.push(serde_json::from_slice::<Request>(&line));
+        }
+        for r in requests {
+            match r {
+                Ok(req) => self.handle(key, req),
+                Err(e) => self.send(
+                    key,
+                    &Reply::Error {
+                        kind: "other".into(),
+                        message: format!("bad request: {e}"),
+                    },
+                ),
+            }
+        }
+    }
+
+    fn send(&mut self, key: usize, reply: &Reply) {
+        if let Some(c) = self.clients.get_mut(&key) {
+            let mut line = serde_json::to_vec(reply).expect("reply serialises");
+            line.push(b'\n');
+            // Replies are small; a client that does not read gets dropped.
+            let _ = c.stream.set_nonblocking(false);
+            let _ = c.stream.set_write_timeout(Some(Duration::from_secs(5)));
+            if c.stream.write_all(&line).is_err() {
+                c.closed = true;
+            }
+            let _ = c.stream.set_nonblocking(true);
+        }
+    }
+
+    fn broadcast(&mut self, event: Event) {
+        let keys: Vec<usize> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| c.subscriber)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in keys {
+            self.send(k, &Reply::Event(event.clone()));
+        }
+    }
+
+    fn handle(&mut self, key: usize, req: Request) {
+        let reply = match req {
+            Request::Subscribe => {
+                if let Some(c) = self.clients.get_mut(&key) {
+                    c.subscriber = true;
+                }
+                Reply::Ok
+            }
+            Request::Shutdown => {
+                self.quit = true;
+                Reply::Ok
+            }
+            Request::Create {
+                id,
+                bundle,
+                overlay,
+                owned_dirs,
+                log,
+            } => match self.create(&id, &bundle, overlay, owned_dirs, log) {
+                Ok(pid) => Reply::Created { pid },
+                Err(e) => Reply::error(&e),
+            },
+            Request::PinNamespaces {
+                dir,
+                flags,
+                hostname,
+                sysctls,
+            } => match pin_namespaces(&dir, flags, &hostname, &sysctls) {
+                Ok(()) => Reply::Ok,
+                Err(e) => Reply::error(&e),
+            },
+            Request::Exec {
+                id,
+                process,
+                capture,
+            } => match self.exec(key, &id, process, capture) {
+                Ok(pid) => Reply::ExecStarted { pid },
+                Err(e) => Reply::error(&e),
+            },
+        };
+        self.send(key, &reply);
+    }
+
+    fn create(
+        &mut self,
+        id: &str,
+        bundle_dir: &Path,
+        overlay: Option<Overlay>,
+        owned_dirs: Vec<PathBuf>,
+        log: Option<LogTarget>,
+    ) -> Result<i32> {
+        let bundle = Bundle::load(id, bundle_dir)?;
+        let null =
+            std::fs::File::open("/dev/null").map_err(|e| Error::os(id, "open /dev/null", e))?;
+        let (mut out_r, mut out_w, mut err_r, mut err_w) = (None, None, None, None);
+        if let Some(target) = &log {
+            let log = CriLog::open(target.clone())
+                .map_err(|e| Error::os(id, format!("open log {}", target.path.display()), e))?;
+            self.logs.insert(id.to_string(), log);
+            let (r, w) = sys::pipe().map_err(|e| Error::os(id, "pipe", e))?;
+            out_r = Some(r);
+            out_w = Some(w);
+            let (r, w) = sys::pipe().map_err(|e| Error::os(id, "pipe", e))?;
+            err_r = Some(r);
+            err_w = Some(w);
+        }
+        let devnull = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/null")
+            .map_err(|e| Error::os(id, "open /dev/null", e))?;
+        let stdio = [
+            Some(null.as_raw_fd()),
+            Some(
+                out_w
+                    .as_ref()
+                    .map_or(devnull.as_raw_fd(), |w| w.as_raw_fd()),
+            ),
+            Some(
+                err_w
+                    .as_ref()
+                    .map_or(devnull.as_raw_fd(), |w| w.as_raw_fd()),
+            ),
+        ];
+        let opts = CreateOptions {
+            stdio,
+            overlay,
+            owned_dirs,
+            pid_file: None,
+        };
+        let rec = match self.engine.create(id, &bundle, &opts) {
+            Ok(r) => r,
+            Err(e) => {
+                self.logs.remove(id);
+                return Err(e);
+            }
+        };
+        drop((out_w, err_w));
+        for (r, stream) in [(out_r, Stream::Stdout), (err_r, Stream::Stderr)] {
+            if let Some(fd) = r {
+                let _ = sys::set_nonblocking(fd.as_fd(), true);
+                self.pipes.push(Pipe {
+                    fd,
+                    owner: PipeOwner::Container(id.to_string()),
+                    stream,
+                });
+            }
+        }
+        self.children
+            .insert(rec.pid, Tracked::Container { id: id.to_string() });
+        self.idle_since = None;
+        Ok(rec.pid)
+    }
+
+    fn exec(&mut self, key: usize, id: &str, p: ExecProcess, capture: bool) -> Result<i32> {
+        let mut plan: ProcessPlan = self.engine.process_of(id)?;
+        plan.args = p.args;
+        plan.env.extend(p.env);
+        if let Some(c) = p.cwd {
+            plan.cwd = c;
+        }
+        if let Some(u) = p.uid {
+            plan.uid = u;
+        }
+        if let Some(g) = p.gid {
+            plan.gid = g;
+        }
+        let null =
+            std::fs::File::open("/dev/null").map_err(|e| Error::os(id, "open /dev/null", e))?;
+        let devnull = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/null")
+            .map_err(|e| Error::os(id, "open /dev/null", e))?;
+        let (out, err) = if capture {
+            (
+                Some(sys::pipe().map_err(|e| Error::os(id, "pipe", e))?),
+                Some(sys::pipe().map_err(|e| Error::os(id, "pipe", e))?),
+            )
+        } else {
+            (None, None)
+        };
+        let stdio = [
+            Some(null.as_raw_fd()),
+            Some(
+                out.as_ref()
+                    .map_or(devnull.as_raw_fd(), |(_, w)| w.as_raw_fd()),
+            ),
+            Some(
+                err.as_ref()
+                    .map_or(devnull.as_raw_fd(), |(_, w)| w.as_raw_fd()),
+            ),
+        ];
+        let spawned = self.engine.exec(id, plan, stdio)?;
+        for (pair, stream) in [(out, Stream::Stdout), (err, Stream::Stderr)] {
+            if let Some((r, w)) = pair {
+                drop(w);
+                let _ = sys::set_nonblocking(r.as_fd(), true);
+                self.pipes.push(Pipe {
+                    fd: r,
+                    owner: PipeOwner::Exec(spawned.pid),
+                    stream,
+                });
+            }
+        }
+        if capture {
+            self.captures.insert(
+                spawned.pid,
+                Capture {
+                    out: Vec::new(),
+                    err: Vec::new(),
+                    status: None,
+                    client: key,
+                },
+            );
+        }
+        self.children.insert(
+            spawned.pid,
+            Tracked::Exec {
+                client: key,
+                capture,
+            },
+        );
+        Ok(spawned.pid)
+    }
+
+    fn read_pipe(&mut self, fd: RawFd) {
+        let Some(idx) = self.pipes.iter().position(|p| p.fd.as_raw_fd() == fd) else {
+            return;
+        };
+        let eof = self.pump(idx);
+        if eof {
+            let p = self.pipes.remove(idx);
+            if let PipeOwner::Container(id) = &p.owner {
+                let now = state::rfc3339(state::now_nanos());
+                if let Some(log) = self.logs.get_mut(id) {
+                    let _ = log.flush_stream(p.stream, &now);
+                }
+            }
+        }
+    }
+
+    /// Copies what is readable from pipe `idx`; true at EOF.
+    fn pump(&mut self, idx: usize) -> bool {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            let p = &self.pipes[idx];
+            let mut f = match p.fd.try_clone() {
+                Ok(fd) => std::fs::File::from(fd),
+                Err(_) => return true,
+            };
+            match f.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(n) => {
+                    let stream = p.stream;
+                    match &p.owner {
+                        PipeOwner::Container(id) => {
+                            let now = state::rfc3339(state::now_nanos());
+                            if let Some(log) = self.logs.get_mut(id) {
+                                if let Err(e) = log.write(stream, &buf[..n], &now) {
+                                    tracing::warn!(id, error = %e, "writing container log failed");
+                                }
+                            }
+                        }
+                        PipeOwner::Exec(pid) => {
+                            if let Some(c) = self.captures.get_mut(pid) {
+                                let dst = if stream == Stream::Stdout {
+                                    &mut c.out
+                                } else {
+                                    &mut c.err
+                                };
+                                // Bound what a chatty exec can make us hold.
+                                if dst.len() < 16 << 20 {
+                                    dst.extend_from_slice(&buf[..n]);
+                                }
+                            }
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return true,
+            }
+        }
+    }
+
+    fn drain_pipes_of(&mut self, owner: &PipeOwner) {
+        let same = |p: &Pipe| match (&p.owner, owner) {
+            (PipeOwner::Container(a), PipeOwner::Container(b)) => a == b,
+            (PipeOwner::Exec(a), PipeOwner::Exec(b)) => a == b,
+            _ => false,
+        };
+        let fds: Vec<RawFd> = self
+            .pipes
+            .iter()
+            .filter(|p| same(p))
+            .map(|p| p.fd.as_raw_fd())
+            .collect();
+        for fd in fds {
+            if let Some(idx) = self.pipes.iter().position(|p| p.fd.as_raw_fd() == fd) {
+                // Whatever the process wrote before exiting is still in the pipe.
+                let _ = self.pump(idx);
+            }
+        }
+    }
+}
+
+const PINNABLE: [(libc::c_int, &str); 3] = [
+    (libc::CLONE_NEWNET, "net"),
+    (libc::CLONE_NEWIPC, "ipc"),
+    (libc::CLONE_NEWUTS, "uts"),
+];
+
+/// Forks a child that creates the namespaces, then bind-mounts its namespace files onto
+/// `dir/<name>`; the child exits and the namespaces stay pinned.
+fn pin_namespaces(
+    dir: &Path,
+    flags: i32,
+    hostname: &str,
+    sysctls: &[(String, String)],
+) -> Result<()> {
+    let id = dir.display().to_string();
+    let (ready_r, ready_w) = sys::pipe().map_err(|e| Error::os(&id, "pipe", e))?;
+    let (hold_r, hold_w) = sys::pipe().map_err(|e| Error::os(&id, "pipe", e))?;
+    match sys::fork().map_err(|e| Error::os(&id, "fork", e))? {
+        sys::Fork::Child => {
+            drop((ready_r, hold_w));
+            let res = (|| -> std::result::Result<(), String> {
+                sys::unshare(flags).map_err(|e| format!("unshare: {e}"))?;
+                if flags & libc::CLONE_NEWUTS != 0 && !hostname.is_empty() {
+                    sys::sethostname(hostname).map_err(|e| format!("sethostname: {e}"))?;
+                }
+                for (k, v) in sysctls {
+                    if k.contains('/') {
+                        return Err(format!("invalid sysctl {k:?}"));
+                    }
+                    std::fs::write(format!("/proc/sys/{}", k.replace('.', "/")), v)
+                        .map_err(|e| format!("sysctl {k}={v}: {e}"))?;
+                }
+                Ok(())
+            })();
+            let mut w = std::fs::File::from(ready_w);
+            let _ = match &res {
+                Ok(()) => w.write_all(b"+"),
+                Err(m) => w.write_all(format!("-{m}").as_bytes()),
+            };
+            drop(w);
+            // Stay alive until the parent has pinned the namespaces.
+            let mut b = [0u8; 1];
+            let _ = std::fs::File::from(hold_r).read(&mut b);
+            sys::exit_now(0);
+        }
+        sys::Fork::Parent(pid) => {
+            drop((ready_w, hold_r));
+            let mut msg = String::new();
+            let _ = std::fs::File::from(ready_r).read_to_string(&mut msg);
+            let result = if let Some(err) = msg.strip_prefix('-') {
+                Err(Error::Init {
+                    id: id.clone(),
+                    step: "create sandbox namespaces".into(),
+                    message: err.into(),
+                })
+            } else if msg != "+" {
+                Err(Error::Init {
+                    id: id.clone(),
+                    step: "create sandbox namespaces".into(),
+                    message: "helper died".into(),
+                })
+            } else {
+                let mut res = Ok(());
+                for (flag, name) in PINNABLE {
+                    if flags & flag == 0 {
+                        continue;
+                    }
+                    let target = dir.join(name);
+                    let r = std::fs::File::create(&target).and_then(|_| {
+                        let src = sys::cstr(format!("/proc/{pid}/ns/{name}"))?;
+                        sys::mount(Some(&src), &sys::cstr(&target)?, None, libc::MS_BIND, None)
+                    });
+                    if let Err(e) = r {
+                        res = Err(Error::os(
+                            &id,
+                            format!("pin {name} namespace at {}", target.display()),
+                            e,
+                        ));
+                        break;
+                    }
+                }
+                res
+            };
+            drop(hold_w);
+            let _ = sys::waitpid(pid);
+            if result.is_err() {
+                for (_, name) in PINNABLE {
+                    let p = dir.join(name);
+                    if let Ok(c) = sys::cstr(&p) {
+                        let _ = sys::umount2(&c, libc::MNT_DETACH);
+                    }
+                    let _ = std::fs::remove_file(p);
+                }
+            }
+            result
+        }
+    }
+}
+
+/// Reads one line from a blocking stream (used by the synchronous helpers below).
+pub fn read_reply(stream: &mut io::BufReader<UnixStream>) -> io::Result<Reply> {
+    let mut line = String::new();
+    if stream.read_line(&mut line)? == 0 {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
+    serde_json::from_str(&line).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
