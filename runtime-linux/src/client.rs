@@ -77,13 +77,19 @@ impl MonitorClient {
             .map_err(|e| Error::os("-", format!("create {}", self.root.display()), e))?;
         // `monitor --daemon` forks and its first process exits at once, so the monitor
         // is never our child (no zombie when it exits, no signal from our session).
+        // Its stderr (panics, warnings) goes to `<root>/monitor.log`.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.root.join("monitor.log"))
+            .map_err(|e| self.err(format!("open monitor.log: {e}")))?;
         let status = tokio::process::Command::new(&self.binary)
             .arg("--root")
             .arg(&self.root)
             .args(["monitor", "--daemon"])
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(log)
             .status()
             .await
             .map_err(|e| self.err(format!("start {}: {e}", self.binary.display())))?;

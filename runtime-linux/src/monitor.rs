@@ -115,8 +115,8 @@ pub enum Event {
         code: i32,
         /// Killed by the OOM killer.
         oom_killed: bool,
-        /// Unix nanoseconds.
-        finished_unix_nanos: u128,
+        /// Unix nanoseconds (u64: serde's tagged enums cannot carry u128).
+        finished_unix_nanos: u64,
     },
 }
 
@@ -305,7 +305,7 @@ impl Monitor {
                 pid,
                 code: info.code,
                 oom_killed: info.oom_killed,
-                finished_unix_nanos: info.finished_unix_nanos,
+                finished_unix_nanos: info.finished_unix_nanos as u64,
             });
         }
     }
@@ -332,9 +332,11 @@ impl Monitor {
                     revents: 0,
                 });
             }
-            for p in &self.pipes {
+            // Handling clients below may add pipes: remember which were polled.
+            let pipe_fds: Vec<RawFd> = self.pipes.iter().map(|p| p.fd.as_raw_fd()).collect();
+            for fd in &pipe_fds {
                 fds.push(libc::pollfd {
-                    fd: p.fd.as_raw_fd(),
+                    fd: *fd,
                     events: libc::POLLIN,
                     revents: 0,
                 });
@@ -360,17 +362,16 @@ impl Monitor {
                 }
             }
             let pbase = base + client_keys.len();
-            let ready: Vec<RawFd> = self
-                .pipes
+            let ready: Vec<RawFd> = pipe_fds
                 .iter()
                 .enumerate()
                 .filter(|(i, _)| fds[pbase + i].revents != 0)
-                .map(|(_, p)| p.fd.as_raw_fd())
+                .map(|(_, fd)| *fd)
                 .collect();
             for fd in ready {
                 self.read_pipe(fd);
             }
-            let offset = fds.len() - adopted.len();
+            let offset = pbase + pipe_fds.len();
             for (i, pid) in adopted.iter().enumerate() {
                 if fds[offset + i].revents != 0 {
                     if let Some((_, id)) = self.adopted.remove(pid) {
@@ -431,7 +432,7 @@ impl Monitor {
                             pid,
                             code: info.code,
                             oom_killed: info.oom_killed,
-                            finished_unix_nanos: info.finished_unix_nanos,
+                            finished_unix_nanos: info.finished_unix_nanos as u64,
                         }),
                         Err(e) => tracing::warn!(id, error = %e, "recording exit failed"),
                     }

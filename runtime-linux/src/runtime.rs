@@ -250,14 +250,14 @@ impl Inner {
                         let _ = self.events.send(RuntimeEvent {
                             container_id: id.clone(),
                             sandbox_id: sandbox_id.clone(),
-                            time: time(finished_unix_nanos),
+                            time: time(u128::from(finished_unix_nanos)),
                             kind: RuntimeEventKind::Oom,
                         });
                     }
                     let _ = self.events.send(RuntimeEvent {
                         container_id: id,
                         sandbox_id,
-                        time: time(finished_unix_nanos),
+                        time: time(u128::from(finished_unix_nanos)),
                         kind: RuntimeEventKind::Exited {
                             exit_code: code,
                             oom_killed,

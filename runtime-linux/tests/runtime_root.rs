@@ -1,0 +1,492 @@
+//! Root tests of the library path (`LinuxRuntime` → monitor → container), observed from
+//! inside busybox containers. Run as root (CI does).
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::TempDir;
+use futures::StreamExt;
+use wharf_core::backend::runtime::{
+    Capabilities, ContainerConfig, ContainerFilter, ContainerImage, ContainerRuntime,
+    ContainerState, ContainerStatus, LogOptions, Mount, Propagation, Resources, RootFs,
+    SandboxConfig, SecurityContext,
+};
+use wharf_core::backend::ErrorKind;
+use wharf_runtime_linux::{LinuxRuntime, LinuxRuntimeOptions};
+
+struct Env {
+    dir: TempDir,
+    rt: Option<LinuxRuntime>,
+    sandbox: String,
+    rootfs: PathBuf,
+}
+
+impl Env {
+    async fn new(tag: &str) -> Env {
+        let dir = TempDir::new(tag);
+        let rootfs = dir.path().join("rootfs");
+        common::busybox_rootfs(&rootfs);
+        let rt = LinuxRuntime::new(LinuxRuntimeOptions {
+            root: dir.path().join("state"),
+            monitor_binary: env!("CARGO_BIN_EXE_wharf-runc").into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let sandbox = rt
+            .run_sandbox(&SandboxConfig {
+                name: tag.into(),
+                hostname: format!("pod-{tag}"),
+                log_directory: Some(dir.path().join("logs")),
+                cgroup_parent: Some(format!("wharf-test/{tag}-{}", std::process::id())),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        Env {
+            dir,
+            rt: Some(rt),
+            sandbox,
+            rootfs,
+        }
+    }
+
+    fn rt(&self) -> &LinuxRuntime {
+        self.rt.as_ref().unwrap()
+    }
+
+    fn config(&self, name: &str, cmd: &[&str]) -> ContainerConfig {
+        ContainerConfig {
+            name: name.into(),
+            image: Some(ContainerImage {
+                reference: "busybox".into(),
+                id: "sha256:busybox".into(),
+                rootfs: RootFs::Directory(self.rootfs.clone()),
+            }),
+            command: cmd.iter().map(|s| s.to_string()).collect(),
+            log_path: Some(format!("{name}.log").into()),
+            ..Default::default()
+        }
+    }
+
+    async fn start(&self, cfg: &ContainerConfig) -> String {
+        let id = self
+            .rt()
+            .create_container(&self.sandbox, cfg)
+            .await
+            .unwrap();
+        self.rt().start_container(&id).await.unwrap();
+        id
+    }
+
+    async fn wait_exit(&self, id: &str) -> ContainerStatus {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let s = self.rt().container_status(id).await.unwrap();
+            if s.state == ContainerState::Exited && s.exit_code.is_some() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "container {id} did not exit: {s:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn run(&self, cfg: &ContainerConfig) -> (ContainerStatus, String) {
+        let id = self.start(cfg).await;
+        let st = self.wait_exit(&id).await;
+        let logs = self.logs(&id).await;
+        self.rt().remove_container(&id).await.unwrap();
+        (st, logs)
+    }
+
+    async fn logs(&self, id: &str) -> String {
+        let mut s = self.rt().logs(id, &LogOptions::default()).await.unwrap();
+        let mut out = String::new();
+        while let Some(l) = s.next().await {
+            out.push_str(&String::from_utf8_lossy(&l.unwrap().message));
+            out.push('\n');
+        }
+        out
+    }
+
+    async fn finish(mut self) {
+        let rt = self.rt.take().unwrap();
+        rt.remove_sandbox(&self.sandbox).await.unwrap();
+        assert!(rt
+            .list_containers(&ContainerFilter::default())
+            .await
+            .unwrap()
+            .is_empty());
+        rt.shutdown().await;
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        // Runs after a failed assertion too: nothing may outlive the test.
+        if let Some(rt) = self.rt.take() {
+            let engine = rt.engine().clone();
+            drop(rt);
+            for c in engine.list().unwrap_or_default() {
+                let _ = engine.delete(&c.id, true);
+            }
+            for ns in ["net", "ipc", "uts"] {
+                let p = self
+                    .dir
+                    .path()
+                    .join("state/sandboxes")
+                    .join(&self.sandbox)
+                    .join("ns")
+                    .join(ns);
+                let _ = std::process::Command::new("umount")
+                    .arg("-l")
+                    .arg(&p)
+                    .status();
+            }
+        }
+        for ctrl in [
+            "memory", "cpu", "cpuacct", "cpuset", "pids", "freezer", "blkio", "devices", "unified",
+            "",
+        ] {
+            let base = PathBuf::from("/sys/fs/cgroup")
+                .join(ctrl)
+                .join("wharf-test");
+            if let Ok(rd) = std::fs::read_dir(&base) {
+                for e in rd.flatten() {
+                    if e.file_name()
+                        .to_string_lossy()
+                        .ends_with(&format!("-{}", std::process::id()))
+                    {
+                        let _ = std::fs::remove_dir(e.path());
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn process_settings_seen_from_inside() {
+    let env = Env::new("inside").await;
+    let mut cfg = env.config("inside", &["sh", "-c", "echo env=$GREETING; pwd; id -u; id -g; id -G; hostname; grep CapEff /proc/self/status; grep CapBnd /proc/self/status; echo $(ls /proc/self/fd); cat /proc/self/oom_score_adj; cat /proc/sys/kernel/hostname"]);
+    cfg.env = vec![("GREETING".into(), "hello".into())];
+    cfg.working_dir = "/tmp".into();
+    cfg.security = SecurityContext {
+        run_as_user: Some(1000),
+        run_as_group: Some(1000),
+        supplemental_groups: vec![50],
+        capabilities: Capabilities {
+            add: vec!["NET_ADMIN".into()],
+            drop: vec!["ALL".into()],
+        },
+        ..Default::default()
+    };
+    cfg.resources.oom_score_adj = Some(500);
+    let (st, out) = env.run(&cfg).await;
+    assert_eq!(st.exit_code, Some(0), "{out}");
+    assert_eq!(st.reason.as_deref(), Some("Completed"));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "env=hello");
+    assert_eq!(lines[1], "/tmp");
+    assert_eq!(lines[2], "1000");
+    assert_eq!(lines[3], "1000");
+    assert!(lines[4].split(' ').any(|g| g == "50"), "{out}");
+    assert_eq!(lines[5], "pod-inside");
+    // Only CAP_NET_ADMIN (bit 12) in the bounding set; a non-root user has no effective caps.
+    assert_eq!(lines[7], "CapBnd:\t0000000000001000", "{out}");
+    // No descriptor beyond stdio (and ls's own directory fd) leaked in.
+    let fds: Vec<&str> = lines[8].split_whitespace().collect();
+    assert!(
+        fds.len() <= 4 && fds.iter().all(|f| ["0", "1", "2", "3"].contains(f)),
+        "{out}"
+    );
+    assert_eq!(lines[9], "500");
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mounts_masked_and_readonly_paths() {
+    let env = Env::new("mounts").await;
+    let host = env.dir.path().join("data");
+    std::fs::create_dir_all(&host).unwrap();
+    std::fs::write(host.join("f"), "from-host\n").unwrap();
+    let mut cfg = env.config(
+        "mounts",
+        &["sh", "-c", "cat /data/f; touch /data/x 2>/dev/null && echo rw || echo ro; wc -c < /proc/keys; touch /proc/sys/x 2>/dev/null || echo sys-ro; grep -c ' /data ' /proc/self/mounts; cat /etc/hostname"],
+    );
+    cfg.mounts = vec![Mount {
+        container_path: "/data".into(),
+        host_path: host.clone(),
+        readonly: true,
+        propagation: Propagation::Private,
+    }];
+    let (st, out) = env.run(&cfg).await;
+    assert_eq!(st.exit_code, Some(0), "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines,
+        vec!["from-host", "ro", "0", "sys-ro", "1", "pod-mounts"],
+        "{out}"
+    );
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn memory_limit_is_oom_killed() {
+    let env = Env::new("oom").await;
+    let mut cfg = env.config(
+        "oom",
+        &[
+            "sh",
+            "-c",
+            "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived ${#x}",
+        ],
+    );
+    cfg.resources = Resources {
+        memory_limit: Some(16 << 20),
+        memory_swap_limit: Some(16 << 20),
+        ..Default::default()
+    };
+    let mut events = env.rt().events();
+    let (st, out) = env.run(&cfg).await;
+    assert_eq!(st.reason.as_deref(), Some("OOMKilled"), "{st:?} {out}");
+    assert_eq!(st.exit_code, Some(137));
+    let mut saw_oom = false;
+    while let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(500), events.next()).await {
+        eprintln!("event {ev:?}");
+        saw_oom |= ev.kind == wharf_core::backend::runtime::RuntimeEventKind::Oom;
+    }
+    assert!(saw_oom, "an Oom event was sent");
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pids_limit_makes_fork_fail() {
+    let env = Env::new("pids").await;
+    let mut cfg = env.config(
+        "pids",
+        &[
+            "sh",
+            "-c",
+            "i=0; while [ $i -lt 8 ]; do sleep 5 & i=$((i+1)); done; echo forked",
+        ],
+    );
+    cfg.resources = Resources {
+        pids_limit: Some(4),
+        ..Default::default()
+    };
+    let id = env.start(&cfg).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stats = env.rt().stats(&id).await.unwrap();
+    assert!(stats.pids <= 4, "{stats:?}");
+    env.rt().stop_container(&id, Duration::ZERO).await.unwrap();
+    let out = env.logs(&id).await;
+    assert!(
+        out.contains("can't fork") || out.contains("Resource temporarily unavailable"),
+        "{out}"
+    );
+    env.rt().remove_container(&id).await.unwrap();
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stop_honours_grace_then_kills() {
+    let env = Env::new("stop").await;
+    let polite = env.config(
+        "polite",
+        &[
+            "sh",
+            "-c",
+            "trap 'echo got-term; exit 7' TERM; while :; do sleep 0.05; done",
+        ],
+    );
+    let id = env.start(&polite).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = Instant::now();
+    env.rt()
+        .stop_container(&id, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(t.elapsed() < Duration::from_secs(5));
+    let st = env.rt().container_status(&id).await.unwrap();
+    assert_eq!(st.exit_code, Some(7));
+    assert!(env.logs(&id).await.contains("got-term"));
+    env.rt().remove_container(&id).await.unwrap();
+
+    let stubborn = env.config(
+        "stubborn",
+        &["sh", "-c", "trap '' TERM; while :; do sleep 0.05; done"],
+    );
+    let id = env.start(&stubborn).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = Instant::now();
+    env.rt()
+        .stop_container(&id, Duration::from_millis(700))
+        .await
+        .unwrap();
+    assert!(t.elapsed() >= Duration::from_millis(700));
+    let st = env.rt().container_status(&id).await.unwrap();
+    assert_eq!(st.exit_code, Some(137), "{st:?}");
+    env.rt().remove_container(&id).await.unwrap();
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pause_and_resume_freeze_the_container() {
+    let env = Env::new("pause").await;
+    let cfg = env.config(
+        "ticker",
+        &["sh", "-c", "while :; do echo tick; sleep 0.02; done"],
+    );
+    let id = env.start(&cfg).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    env.rt().pause_container(&id).await.unwrap();
+    assert_eq!(
+        env.rt().container_status(&id).await.unwrap().state,
+        ContainerState::Paused
+    );
+    let n1 = env.logs(&id).await.lines().count();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let n2 = env.logs(&id).await.lines().count();
+    assert_eq!(n1, n2, "no output while frozen");
+    env.rt().resume_container(&id).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(env.logs(&id).await.lines().count() > n2);
+    assert_eq!(
+        env.rt().container_status(&id).await.unwrap().state,
+        ContainerState::Running
+    );
+    env.rt().remove_container(&id).await.unwrap();
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_sync_runs_in_the_container() {
+    let env = Env::new("exec").await;
+    let id = env.start(&env.config("sleeper", &["sleep", "1000"])).await;
+    let out = env
+        .rt()
+        .exec_sync(
+            &id,
+            &[
+                "sh".into(),
+                "-c".into(),
+                "hostname; echo err >&2; exit 3".into(),
+            ],
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.exit_code, 3);
+    assert_eq!(&out.stdout[..], b"pod-exec\n");
+    assert_eq!(&out.stderr[..], b"err\n");
+    let e = env
+        .rt()
+        .exec_sync(
+            &id,
+            &["sleep".into(), "100".into()],
+            Duration::from_millis(300),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Timeout);
+    // Both share the container's pid namespace: pid 1 is `sleep 1000`.
+    let ps = env
+        .rt()
+        .exec_sync(
+            &id,
+            &["cat".into(), "/proc/1/cmdline".into()],
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(&ps.stdout[..], b"sleep\x001000\x00");
+    env.rt().remove_container(&id).await.unwrap();
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_is_a_clear_error_and_leaves_nothing() {
+    let env = Env::new("bad").await;
+    let mut cfg = env.config("ghost", &["true"]);
+    cfg.security.run_as_username = Some("no-such-user".into());
+    let e = env
+        .rt()
+        .create_container(&env.sandbox, &cfg)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::InvalidArgument, "{e}");
+    assert!(e.to_string().contains("no-such-user"), "{e}");
+
+    let mut cfg = env.config("missing", &["true"]);
+    cfg.image.as_mut().unwrap().rootfs = RootFs::Directory(env.dir.path().join("nope"));
+    let e = env
+        .rt()
+        .create_container(&env.sandbox, &cfg)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::InvalidArgument, "{e}");
+    assert!(e.to_string().contains("nope"), "{e}");
+
+    let cfg = env.config("noprog", &["/bin/does-not-exist"]);
+    let e = env
+        .rt()
+        .create_container(&env.sandbox, &cfg)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("does-not-exist"), "{e}");
+
+    assert!(env
+        .rt()
+        .list_containers(&ContainerFilter::default())
+        .await
+        .unwrap()
+        .is_empty());
+    let state = env.dir.path().join("state");
+    for d in ["bundles", "overlay"] {
+        assert_eq!(
+            std::fs::read_dir(state.join(d)).unwrap().count(),
+            0,
+            "{d} left behind"
+        );
+    }
+    let containers: Vec<_> = std::fs::read_dir(state.join("containers"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .collect();
+    assert!(containers.is_empty(), "state left behind");
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn overlay_root_keeps_lower_layers_untouched() {
+    let env = Env::new("overlay").await;
+    let upper_layer = env.dir.path().join("layer2");
+    std::fs::create_dir_all(upper_layer.join("etc")).unwrap();
+    std::fs::write(upper_layer.join("etc/motd"), "layer2\n").unwrap();
+    let mut cfg = env.config(
+        "ovl",
+        &[
+            "sh",
+            "-c",
+            "cat /etc/motd; echo changed > /etc/motd; rm /bin/ls; cat /etc/motd",
+        ],
+    );
+    cfg.image.as_mut().unwrap().rootfs =
+        RootFs::Layers(vec![env.rootfs.clone(), upper_layer.clone()]);
+    let (st, out) = env.run(&cfg).await;
+    assert_eq!(st.exit_code, Some(0), "{out}");
+    assert_eq!(out, "layer2\nchanged\n");
+    assert_eq!(
+        std::fs::read_to_string(upper_layer.join("etc/motd")).unwrap(),
+        "layer2\n"
+    );
+    assert!(env.rootfs.join("bin/ls").exists() || env.rootfs.join("bin/ls").is_symlink());
+    env.finish().await;
+}
