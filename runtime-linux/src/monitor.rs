@@ -36,6 +36,18 @@ use crate::sys;
 /// How long an idle monitor lingers before exiting.
 pub const IDLE_EXIT: Duration = Duration::from_secs(2);
 
+/// The pid of the monitor serving `root`, if one runs.
+pub fn running_pid(root: &Path) -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(root.join("monitor.lock"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    std::path::Path::new(&format!("/proc/{pid}"))
+        .exists()
+        .then_some(pid)
+}
+
 /// The monitor's socket under `root`.
 pub fn socket_path(root: &Path) -> PathBuf {
     root.join("monitor.sock")
@@ -239,6 +251,9 @@ pub fn serve(root: &Path) -> Result<()> {
     {
         return Ok(());
     }
+    // The lock file names the monitor's pid (for operators and leak checks).
+    let _ = lock.set_len(0);
+    let _ = (&lock).write_all(std::process::id().to_string().as_bytes());
     let _ = sys::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0);
     let sock = socket_path(root);
     let _ = std::fs::remove_file(&sock);
