@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use wharf_network_cni::native::{
-    host_veth_name, BridgeAttach, BridgeConfig, BridgeNetwork, HostPort,
+    host_veth_name, BridgeAttach, BridgeConfig, BridgeNetwork, FirewallBackend, HostPort,
 };
 use wharf_network_cni::netns::NetNs;
 
@@ -17,6 +17,10 @@ struct Setup {
 }
 
 fn setup(n: u32, octet: u8) -> Option<Setup> {
+    setup_with(n, octet, FirewallBackend::Nftables)
+}
+
+fn setup_with(n: u32, octet: u8, firewall: FirewallBackend) -> Option<Setup> {
     if !is_root() {
         eprintln!("skipped: needs root");
         return None;
@@ -35,7 +39,9 @@ fn setup(n: u32, octet: u8) -> Option<Setup> {
         mtu: None,
         masquerade: true,
         state_dir: dir,
+        firewall,
     };
+    cleanup.markers.push(format!(" 10.{octet}.0."));
     cleanup.links.push(config.bridge.clone());
     let net = BridgeNetwork::new(config).unwrap();
     cleanup.nft_tables.push(net.firewall().table().to_string());
@@ -322,4 +328,80 @@ async fn leak_test_500_cycles() {
         .next()
         .is_none());
     s.net.teardown().await.unwrap();
+}
+
+/// Without nftables: the same host ports and masquerade through iptables chains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iptables_fallback_host_ports() {
+    let Some(mut s) = setup_with(15, 241, FirewallBackend::Iptables) else {
+        return;
+    };
+    let p = 24000 + (std::process::id() % 20000) as u16;
+    let ns_a = pod(&mut s, 15, "a");
+    let ns_b = pod(&mut s, 15, "b");
+    let ns_c = pod(&mut s, 15, "c");
+    s.cleanup.markers.extend(s.net.firewall().iptables_chains());
+    let req_a = request(
+        15,
+        "a",
+        &ns_a,
+        vec![port(None, p, "tcp"), port(Some("10.241.0.1"), p + 1, "tcp")],
+    );
+    s.net.attach(&req_a).await.unwrap();
+    s.net
+        .attach(&request(15, "b", &ns_b, vec![]))
+        .await
+        .unwrap();
+    let err = s
+        .net
+        .attach(&request(15, "c", &ns_c, vec![port(None, p, "tcp")]))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("already published"), "{err}");
+    let _tcp_a = Listener::start(ns_a.path(), 80, false, "hello-a");
+    assert_eq!(
+        fetch(None, "10.241.0.1", p, false),
+        "hello-a",
+        "host → host port"
+    );
+    assert_eq!(
+        fetch(None, "127.0.0.1", p, false),
+        "hello-a",
+        "host → localhost:port"
+    );
+    assert_eq!(
+        fetch(Some(ns_b.path()), "10.241.0.1", p, false),
+        "hello-a",
+        "pod → host port"
+    );
+    assert_eq!(
+        fetch(Some(ns_a.path()), "10.241.0.1", p, false),
+        "hello-a",
+        "hairpin"
+    );
+    assert_eq!(
+        fetch(None, "10.241.0.1", p + 1, false),
+        "hello-a",
+        "bound host IP"
+    );
+    assert_eq!(
+        fetch(None, "127.0.0.1", p + 1, false),
+        "",
+        "not on other host IPs"
+    );
+    s.net.detach(&req_a.container_id, "eth0").await.unwrap();
+    assert_eq!(
+        fetch(None, "10.241.0.1", p, false),
+        "",
+        "host port withdrawn"
+    );
+    let rules = String::from_utf8_lossy(&run("iptables-save", &["-t", "nat"]).stdout).into_owned();
+    assert!(
+        !rules.contains("DNAT --to-destination 10.241.0."),
+        "DNAT rules removed: {rules}"
+    );
+    s.net.gc(&[]).await.unwrap();
+    s.net.teardown().await.unwrap();
+    let rules = String::from_utf8_lossy(&run("iptables-save", &["-t", "nat"]).stdout).into_owned();
+    assert!(!rules.contains("10.241.0."), "chains removed: {rules}");
 }

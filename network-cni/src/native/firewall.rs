@@ -1,4 +1,5 @@
-//! Outbound masquerade and host ports with nftables.
+//! Outbound masquerade and host ports with nftables, or iptables where `nft` is
+//! missing (see [`super::iptables`]).
 //!
 //! One table per network (`inet wharf_<name>`), created once, holds the rules; port
 //! mappings are elements of four maps (IPv4/IPv6 × any host address/one host address)
@@ -28,19 +29,43 @@ pub struct HostPort {
     pub protocol: String,
 }
 
-/// The nftables table of one network.
+/// Which packet filter programs masquerade and host ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FirewallBackend {
+    /// nftables when the `nft` binary is on `PATH`, else iptables.
+    #[default]
+    Auto,
+    /// nftables (`nft`).
+    Nftables,
+    /// iptables and ip6tables (the `nat` table).
+    Iptables,
+}
+
+/// The packet-filter state of one network: an nftables table, or iptables chains.
 #[derive(Debug, Clone)]
 pub struct Firewall {
-    network: String,
+    pub(super) network: String,
     table: String,
     bridge: String,
-    subnets: Vec<IpNet>,
-    masquerade: bool,
+    pub(super) subnets: Vec<IpNet>,
+    pub(super) masquerade: bool,
+    backend: FirewallBackend,
 }
 
 impl Firewall {
     /// The table for `network` on `bridge` with pods in `subnets`.
-    pub fn new(network: &str, bridge: &str, subnets: &[IpNet], masquerade: bool) -> Self {
+    pub fn new(
+        network: &str,
+        bridge: &str,
+        subnets: &[IpNet],
+        masquerade: bool,
+        backend: FirewallBackend,
+    ) -> Self {
+        let backend = match backend {
+            FirewallBackend::Auto if on_path("nft") => FirewallBackend::Nftables,
+            FirewallBackend::Auto => FirewallBackend::Iptables,
+            chosen => chosen,
+        };
         let table = format!(
             "wharf_{}",
             network
@@ -54,12 +79,29 @@ impl Firewall {
             bridge: bridge.into(),
             subnets: subnets.to_vec(),
             masquerade,
+            backend,
         }
     }
 
-    /// The table's name.
+    /// The nftables table's name (also the suffix of the iptables chains).
     pub fn table(&self) -> &str {
         &self.table
+    }
+
+    /// The iptables chains (host ports, masquerade) this network uses under the
+    /// iptables backend.
+    pub fn iptables_chains(&self) -> [String; 2] {
+        let c = super::iptables::Chains::new(self);
+        [c.hostports.clone(), c.masq.clone()]
+    }
+
+    /// The backend in use (never `Auto`).
+    pub fn backend(&self) -> FirewallBackend {
+        self.backend
+    }
+
+    fn iptables(&self) -> Option<super::iptables::Chains<'_>> {
+        (self.backend == FirewallBackend::Iptables).then(|| super::iptables::Chains::new(self))
     }
 
     fn fail(&self, reason: String) -> NetworkError {
@@ -82,6 +124,9 @@ impl Firewall {
             format!("/proc/sys/net/ipv4/conf/{}/route_localnet", self.bridge),
             "1",
         );
+        if let Some(ipt) = self.iptables() {
+            return ipt.ensure();
+        }
         let exists = Command::new("nft")
             .args(["list", "table", "inet", &self.table])
             .stdout(Stdio::null())
@@ -137,7 +182,7 @@ impl Firewall {
 
     /// The map elements for `ports` to a pod at `pod_ips`: one per family the pod has
     /// and the host address (if any) is of.
-    fn elements(&self, pod_ips: &[IpAddr], ports: &[HostPort]) -> Vec<(String, String)> {
+    pub(super) fn elements(&self, pod_ips: &[IpAddr], ports: &[HostPort]) -> Vec<(String, String)> {
         let mut out = Vec::new();
         for p in ports {
             for ip in pod_ips {
@@ -164,6 +209,9 @@ impl Firewall {
     /// Publishes `ports` for the pod, all or nothing. A host port already published
     /// (by another pod) is an error naming it.
     pub fn add_ports(&self, pod_ips: &[IpAddr], ports: &[HostPort]) -> Result<()> {
+        if let Some(ipt) = self.iptables() {
+            return ipt.add_ports(pod_ips, ports);
+        }
         let elements = self.elements(pod_ips, ports);
         if elements.is_empty() {
             return Ok(());
@@ -189,6 +237,9 @@ impl Firewall {
 
     /// Withdraws the pod's ports; those already gone are fine.
     pub fn remove_ports(&self, pod_ips: &[IpAddr], ports: &[HostPort]) -> Result<()> {
+        if let Some(ipt) = self.iptables() {
+            return ipt.remove_ports(pod_ips, ports);
+        }
         let elements = self.elements(pod_ips, ports);
         if elements.is_empty() {
             return Ok(());
@@ -214,6 +265,9 @@ impl Firewall {
 
     /// Deletes the table (the network is being removed).
     pub fn delete(&self) -> Result<()> {
+        if let Some(ipt) = self.iptables() {
+            return ipt.delete();
+        }
         match self.apply(&format!("delete table inet {}\n", self.table)) {
             Err(e) if !e.to_string().contains("No such file") => Err(e),
             _ => Ok(()),
@@ -245,13 +299,25 @@ impl Firewall {
     }
 }
 
+fn on_path(binary: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(binary).is_file()))
+        .unwrap_or(false)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn elements_per_family_and_binding() {
-        let fw = Firewall::new("pods-1", "wharf0", &["10.89.0.0/16".parse().unwrap()], true);
+        let fw = Firewall::new(
+            "pods-1",
+            "wharf0",
+            &["10.89.0.0/16".parse().unwrap()],
+            true,
+            FirewallBackend::Nftables,
+        );
         assert_eq!(fw.table(), "wharf_pods_1");
         let ips: Vec<IpAddr> = vec!["10.89.0.2".parse().unwrap(), "fd89::2".parse().unwrap()];
         let ports = [

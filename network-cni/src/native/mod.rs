@@ -10,6 +10,7 @@
 
 mod firewall;
 mod ipam;
+mod iptables;
 mod link;
 
 use std::net::IpAddr;
@@ -18,7 +19,7 @@ use std::path::{Path, PathBuf};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-pub use firewall::{Firewall, HostPort};
+pub use firewall::{Firewall, FirewallBackend, HostPort};
 pub use ipam::{Ipam, Range};
 use link::Netlink;
 
@@ -40,6 +41,8 @@ pub struct BridgeConfig {
     pub masquerade: bool,
     /// Where reservations and attachment records live.
     pub state_dir: PathBuf,
+    /// nftables or iptables for masquerade and host ports.
+    pub firewall: FirewallBackend,
 }
 
 impl Default for BridgeConfig {
@@ -54,6 +57,7 @@ impl Default for BridgeConfig {
             mtu: None,
             masquerade: true,
             state_dir: PathBuf::from("/var/lib/wharf/network/wharf"),
+            firewall: FirewallBackend::Auto,
         }
     }
 }
@@ -128,6 +132,7 @@ impl BridgeNetwork {
             &config.bridge,
             &config.subnets,
             config.masquerade,
+            config.firewall,
         );
         Ok(BridgeNetwork {
             config,
