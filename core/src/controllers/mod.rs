@@ -9,6 +9,7 @@
 pub mod deployment;
 pub mod endpoints;
 pub mod garbage_collector;
+pub mod job;
 pub mod ownership;
 pub mod pod_state;
 pub mod replicaset;
@@ -53,6 +54,7 @@ impl ControllerManager {
         manager.add(deployment::DeploymentController::controller());
         manager.add(endpoints::EndpointsController::controller());
         manager.add(endpoints::EndpointSliceController::controller());
+        manager.add(job::JobController::controller());
         let gc = garbage_collector::GarbageCollector::new();
         manager
             .metrics
