@@ -1,12 +1,16 @@
 //! [`MemoryStore`]: the embedded [`Store`], keeping every object in memory.
 //!
 //! One lock guards the objects and the resourceVersion counter: reads (get, list, starting a
-//! watch) share it, writes take it exclusively, apply the API server's metadata rules
-//! ([`meta`]), update the per-kind indexes and history ([`index`]) and hand the change to the
-//! watchers that may match it ([`watch`]) before releasing it, so every watcher sees changes
-//! in resourceVersion order. Nothing in here awaits while holding the lock, and delivering an
-//! event never blocks a writer: a watcher whose queue is full is dropped with
-//! [`StoreError::WatchLagged`].
+//! watch) share it, writes take it exclusively, apply the API server's metadata rules (module
+//! `meta`) and update the per-kind indexes and history (module `index`). A write then takes
+//! the watcher registry's lock before releasing the state's and hands the change to the
+//! watchers that may match it (module `watch`), so every watcher sees changes in
+//! resourceVersion order while readers are already served. Nothing in here awaits while
+//! holding a lock, and delivering an event never blocks a writer: a watcher whose queue is
+//! full is dropped with [`StoreError::WatchLagged`].
+//!
+//! Custom kinds: the scope of a [`DynamicObject`](crate::object::DynamicObject) is taken from
+//! its `metadata.namespace`, so address a namespaced custom kind with a namespace always.
 //!
 //! Objects are stored as `Arc<Object>` and never mutated in place: a write builds a new
 //! object; lists, watch events and the history share the stored ones.
@@ -117,10 +121,11 @@ impl Shared {
     }
 
     /// Stamps `object` with the next resourceVersion, stores it, records the change and
-    /// queues it to the watchers.
+    /// queues it to the watchers. The watcher registry is locked before the state is
+    /// released, so deliveries keep resourceVersion order while readers already see the write.
     fn commit(
         &self,
-        state: &mut State,
+        mut state: RwLockWriteGuard<'_, State>,
         kind: &Kind,
         change: ChangeType,
         mut object: Object,
@@ -136,14 +141,17 @@ impl Shared {
             object: object.clone(),
             prev,
         };
-        self.watchers().dispatch(kind, &change);
         let history = self.options.history_per_kind;
         state
             .kinds
             .entry(kind.clone())
             .or_insert_with(|| KindObjects::new(kind, history))
-            .apply(change);
+            .apply(change.clone());
+        let mut watchers = self.watchers();
+        drop(state);
+        watchers.dispatch(kind, &change);
         self.published.store(rv, Ordering::Release);
+        drop(watchers);
         tracing::trace!(%kind, object = %object.display_name(), rv, "store write");
         object
     }
@@ -228,7 +236,7 @@ impl MemoryStore {
         }
         let namespace = meta::namespace_for(&kind, object.namespace(), &name)?;
         let shared = &self.shared;
-        let mut state = shared.write();
+        let state = shared.write();
         let old = state
             .get(&kind, namespace.as_deref(), &name)
             .cloned()
@@ -269,9 +277,9 @@ impl MemoryStore {
             return Ok(old);
         }
         if meta::finalized(old.meta(), new.meta()) {
-            return Ok(shared.commit(&mut state, &kind, ChangeType::Deleted, new, Some(old)));
+            return Ok(shared.commit(state, &kind, ChangeType::Deleted, new, Some(old)));
         }
-        Ok(shared.commit(&mut state, &kind, ChangeType::Modified, new, Some(old)))
+        Ok(shared.commit(state, &kind, ChangeType::Modified, new, Some(old)))
     }
 }
 
@@ -301,7 +309,7 @@ impl Store for MemoryStore {
             object.meta_mut().name = Some(shared.rng.generated_name(prefix));
         }
         meta::prepare_create(&mut object, &kind, &shared.rng, shared.options.clock.now())?;
-        let mut state = shared.write();
+        let state = shared.write();
         let mut tries = 1;
         while state
             .get(&kind, object.namespace(), object.name())
@@ -321,7 +329,7 @@ impl Store for MemoryStore {
                 }
             }
         }
-        Ok(shared.commit(&mut state, &kind, ChangeType::Added, object, None))
+        Ok(shared.commit(state, &kind, ChangeType::Added, object, None))
     }
 
     async fn get(&self, kind: &Kind, namespace: Option<&str>, name: &str) -> Result<Arc<Object>> {
@@ -363,7 +371,7 @@ impl Store for MemoryStore {
     ) -> Result<Deleted> {
         let namespace = meta::address_namespace(kind, namespace, name)?;
         let shared = &self.shared;
-        let mut state = shared.write();
+        let state = shared.write();
         let old = state
             .get(kind, namespace, name)
             .cloned()
@@ -396,7 +404,7 @@ impl Store for MemoryStore {
         // A second delete may shorten a pod's grace period, never extend it.
         if remaining.is_none_or(|r| grace < r) {
             if grace == 0 && !finalizers {
-                let gone = shared.commit(&mut state, kind, ChangeType::Deleted, new, Some(old));
+                let gone = shared.commit(state, kind, ChangeType::Deleted, new, Some(old));
                 return Ok(Deleted::Gone(gone));
             }
             meta::mark_deleted(m, now, grace);
@@ -405,7 +413,7 @@ impl Store for MemoryStore {
         if !changed {
             return Ok(Deleted::Marked(old));
         }
-        let marked = shared.commit(&mut state, kind, ChangeType::Modified, new, Some(old));
+        let marked = shared.commit(state, kind, ChangeType::Modified, new, Some(old));
         Ok(Deleted::Marked(marked))
     }
 
