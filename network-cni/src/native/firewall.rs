@@ -14,6 +14,7 @@ use std::process::{Command, Stdio};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use super::nftnl::{self, Element};
 use crate::error::{NetworkError, Result};
 
 /// A host port forwarded to a pod port.
@@ -182,28 +183,51 @@ impl Firewall {
 
     /// The map elements for `ports` to a pod at `pod_ips`: one per family the pod has
     /// and the host address (if any) is of.
-    pub(super) fn elements(&self, pod_ips: &[IpAddr], ports: &[HostPort]) -> Vec<(String, String)> {
+    pub(super) fn elements(&self, pod_ips: &[IpAddr], ports: &[HostPort]) -> Result<Vec<Element>> {
         let mut out = Vec::new();
         for p in ports {
+            let proto = nftnl::proto_number(&p.protocol).ok_or_else(|| {
+                self.fail(format!("protocol {:?} is not tcp, udp or sctp", p.protocol))
+            })?;
             for ip in pod_ips {
                 if p.host_ip.is_some_and(|h| h.is_ipv4() != ip.is_ipv4()) {
                     continue;
                 }
-                let fam = if ip.is_ipv4() { "pm4" } else { "pm6" };
-                let (map, key) = match p.host_ip {
-                    Some(h) => (
-                        format!("{fam}_ip"),
-                        format!("{h} . {} . {}", p.protocol, p.host_port),
-                    ),
-                    None => (
-                        format!("{fam}_any"),
-                        format!("{} . {}", p.protocol, p.host_port),
-                    ),
+                let mut key = Vec::new();
+                if let Some(h) = p.host_ip {
+                    key.extend(nftnl::part(&nftnl::addr_bytes(h)));
+                }
+                key.extend(nftnl::part(&[proto]));
+                key.extend(nftnl::part(&p.host_port.to_be_bytes()));
+                let mut data = nftnl::part(&nftnl::addr_bytes(*ip));
+                data.extend(nftnl::part(&p.container_port.to_be_bytes()));
+                let map = match (ip.is_ipv4(), p.host_ip.is_some()) {
+                    (true, false) => "pm4_any",
+                    (true, true) => "pm4_ip",
+                    (false, false) => "pm6_any",
+                    (false, true) => "pm6_ip",
                 };
-                out.push((map, format!("{key} : {ip} . {}", p.container_port)));
+                let host = p.host_ip.map(|h| format!("{h} . ")).unwrap_or_default();
+                let text = format!(
+                    "{host}{} . {} : {ip} . {}",
+                    p.protocol, p.host_port, p.container_port
+                );
+                let label = format!(
+                    "{}{}/{}",
+                    p.host_ip.map(|h| format!("{h}:")).unwrap_or_default(),
+                    p.host_port,
+                    p.protocol
+                );
+                out.push(Element {
+                    map,
+                    key,
+                    data,
+                    text,
+                    label,
+                });
             }
         }
-        out
+        Ok(out)
     }
 
     /// Publishes `ports` for the pod, all or nothing. A host port already published
@@ -212,26 +236,20 @@ impl Firewall {
         if let Some(ipt) = self.iptables() {
             return ipt.add_ports(pod_ips, ports);
         }
-        let elements = self.elements(pod_ips, ports);
-        if elements.is_empty() {
-            return Ok(());
-        }
-        let script: String = elements
-            .iter()
-            .map(|(map, el)| format!("create element inet {} {map} {{ {el} }}\n", self.table))
-            .collect();
-        self.apply(&script).map_err(|e| match e {
-            NetworkError::Firewall { reason, .. } if reason.contains("File exists") => {
-                self.fail(format!(
-                    "host port already published: {}",
+        let elements = self.elements(pod_ips, ports)?;
+        nftnl::apply(&self.table, &elements, true).map_err(|e| {
+            if e.errno == nix::libc::EEXIST {
+                let what = e.element.unwrap_or_else(|| {
                     ports
                         .iter()
                         .map(|p| format!("{}/{}", p.host_port, p.protocol))
                         .collect::<Vec<_>>()
                         .join(", ")
-                ))
+                });
+                self.fail(format!("host port already published: {what}"))
+            } else {
+                self.fail(format!("adding host ports to table {}: {e}", self.table))
             }
-            other => other,
         })
     }
 
@@ -240,24 +258,24 @@ impl Firewall {
         if let Some(ipt) = self.iptables() {
             return ipt.remove_ports(pod_ips, ports);
         }
-        let elements = self.elements(pod_ips, ports);
-        if elements.is_empty() {
-            return Ok(());
+        let elements = self.elements(pod_ips, ports)?;
+        match nftnl::apply(&self.table, &elements, false) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.errno != nix::libc::ENOENT => {
+                return Err(self.fail(format!(
+                    "removing host ports from table {}: {e}",
+                    self.table
+                )))
+            }
+            Err(_) => {}
         }
-        let line = |(map, el): &(String, String)| {
-            let key = el.split(" : ").next().unwrap_or_default();
-            format!("delete element inet {} {map} {{ {key} }}\n", self.table)
-        };
-        let script: String = elements.iter().map(line).collect();
-        if self.apply(&script).is_ok() {
-            return Ok(());
-        }
-        // Some were gone already: the batch is all-or-nothing, so one at a time.
-        for el in &elements {
-            if let Err(e) = self.apply(&line(el)) {
-                if !e.to_string().contains("No such file") {
-                    return Err(e);
+        // Some were gone already, which aborts the whole batch: one at a time.
+        for el in elements {
+            match nftnl::apply(&self.table, std::slice::from_ref(&el), false) {
+                Err(e) if e.errno != nix::libc::ENOENT => {
+                    return Err(self.fail(format!("removing host port {}: {e}", el.text)))
                 }
+                _ => {}
             }
         }
         Ok(())
@@ -334,14 +352,19 @@ mod tests {
                 protocol: "udp".into(),
             },
         ];
-        let els = fw.elements(&ips, &ports);
-        let want = [
-            ("pm4_any", "tcp . 8080 : 10.89.0.2 . 80"),
-            ("pm6_any", "tcp . 8080 : fd89::2 . 80"),
-            ("pm4_ip", "192.0.2.1 . udp . 53 : 10.89.0.2 . 5353"),
-        ]
-        .map(|(a, b)| (a.to_string(), b.to_string()));
-        assert_eq!(els, want);
+        let els = fw.elements(&ips, &ports).unwrap();
+        let text: Vec<_> = els.iter().map(|e| (e.map, e.text.as_str())).collect();
+        assert_eq!(
+            text,
+            [
+                ("pm4_any", "tcp . 8080 : 10.89.0.2 . 80"),
+                ("pm6_any", "tcp . 8080 : fd89::2 . 80"),
+                ("pm4_ip", "192.0.2.1 . udp . 53 : 10.89.0.2 . 5353"),
+            ]
+        );
+        assert_eq!(els[0].key, [6, 0, 0, 0, 0x1f, 0x90, 0, 0]);
+        assert_eq!(els[0].data, [10, 89, 0, 2, 0, 80, 0, 0]);
+        assert_eq!(els[2].key, [192, 0, 2, 1, 17, 0, 0, 0, 0, 53, 0, 0]);
         assert!(fw
             .ruleset()
             .contains("ip saddr 10.89.0.0/16 ip daddr != 10.89.0.0/16 masquerade"));

@@ -12,6 +12,7 @@ mod firewall;
 mod ipam;
 mod iptables;
 mod link;
+mod nftnl;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
