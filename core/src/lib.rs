@@ -4,6 +4,7 @@
 //! Everything here is portable: no Linux-only syscalls and no root needed, so the logic is
 //! tested under tokio's paused clock with simulated backends.
 
+pub mod admission;
 pub mod backend;
 pub mod clock;
 pub mod manifest;
