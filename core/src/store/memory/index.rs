@@ -3,7 +3,7 @@
 //! by `spec.nodeName` (what every node agent and the scheduler select on); plus the kind's
 //! bounded history of changes that watches resume from.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 use crate::object::{Kind, Object};
@@ -47,15 +47,31 @@ pub fn pod_node(object: &Object) -> Option<&str> {
     }
 }
 
-type Key = (String, String);
+/// An interned (namespace, name) pair: the node index shares the map's key allocations.
+type Key = (Arc<str>, Arc<str>);
+
+/// The objects of one namespace: hashed for point reads, with the names kept in order for
+/// lists.
+#[derive(Debug, Default)]
+struct Names {
+    objects: HashMap<Arc<str>, Arc<Object>>,
+    order: BTreeSet<Arc<str>>,
+}
+
+impl Names {
+    fn ordered(&self) -> impl Iterator<Item = &Arc<Object>> {
+        self.order.iter().filter_map(|name| self.objects.get(name))
+    }
+}
 
 /// Every object of one kind plus its history.
 #[derive(Debug)]
 pub struct KindObjects {
-    /// namespace ("" for cluster-scoped) → name → object.
-    objects: BTreeMap<String, BTreeMap<String, Arc<Object>>>,
-    /// Pods only: node name ("" when unbound) → (namespace, name) → pod.
-    by_node: Option<HashMap<String, BTreeMap<Key, Arc<Object>>>>,
+    /// namespace ("" for cluster-scoped) → its objects.
+    namespaces: BTreeMap<Arc<str>, Names>,
+    /// Pods only: node name ("" when unbound) → the pods on it. Only a create, a delete or a
+    /// change of node touches it.
+    by_node: Option<HashMap<String, BTreeSet<Key>>>,
     len: usize,
     history: VecDeque<Change>,
     history_cap: usize,
@@ -68,7 +84,7 @@ impl KindObjects {
     /// An empty set of objects of `kind` keeping `history_cap` changes.
     pub fn new(kind: &Kind, history_cap: usize) -> KindObjects {
         KindObjects {
-            objects: BTreeMap::new(),
+            namespaces: BTreeMap::new(),
             by_node: (*kind == Kind::Pod).then(HashMap::new),
             len: 0,
             history: VecDeque::new(),
@@ -84,48 +100,64 @@ impl KindObjects {
 
     /// One object.
     pub fn get(&self, namespace: Option<&str>, name: &str) -> Option<&Arc<Object>> {
-        self.objects.get(namespace.unwrap_or(""))?.get(name)
+        self.namespaces
+            .get(namespace.unwrap_or(""))?
+            .objects
+            .get(name)
     }
 
     /// Applies a committed change to the indexes and appends it to the history.
     pub fn apply(&mut self, change: Change) {
         let object = &change.object;
-        let ns = object.namespace().unwrap_or("").to_string();
-        let name = object.name().to_string();
-        if let (Some(by_node), Some(prev)) = (&mut self.by_node, &change.prev) {
-            let prev_node = pod_node(prev).unwrap_or("");
-            if change.kind == ChangeType::Deleted || pod_node(object) != Some(prev_node) {
-                if let Some(pods) = by_node.get_mut(prev_node) {
-                    pods.remove(&(ns.clone(), name.clone()));
-                    if pods.is_empty() {
-                        by_node.remove(prev_node);
-                    }
-                }
-            }
-        }
+        let ns = object.namespace().unwrap_or("");
+        let name = object.name();
+        let old_node = change.prev.as_deref().and_then(pod_node);
+        let new_node = match change.kind {
+            ChangeType::Deleted => None,
+            ChangeType::Added | ChangeType::Modified => pod_node(object),
+        };
+        let ns_key = match self.namespaces.get_key_value(ns) {
+            Some((key, _)) => key.clone(),
+            None => Arc::from(ns),
+        };
+        let names = self.namespaces.entry(ns_key.clone()).or_default();
+        let name_key = match names.objects.get_key_value(name) {
+            Some((key, _)) => key.clone(),
+            None => Arc::from(name),
+        };
         match change.kind {
             ChangeType::Deleted => {
-                if let Some(names) = self.objects.get_mut(&ns) {
-                    if names.remove(&name).is_some() {
-                        self.len -= 1;
-                    }
-                    if names.is_empty() {
-                        self.objects.remove(&ns);
-                    }
+                if names.objects.remove(name).is_some() {
+                    names.order.remove(name);
+                    self.len -= 1;
+                }
+                if names.objects.is_empty() {
+                    self.namespaces.remove(ns);
                 }
             }
             ChangeType::Added | ChangeType::Modified => {
-                if let Some(by_node) = &mut self.by_node {
-                    let node = pod_node(object).unwrap_or("").to_string();
-                    by_node
-                        .entry(node)
-                        .or_default()
-                        .insert((ns.clone(), name.clone()), object.clone());
-                }
-                let names = self.objects.entry(ns).or_default();
-                if names.insert(name, object.clone()).is_none() {
+                if names
+                    .objects
+                    .insert(name_key.clone(), object.clone())
+                    .is_none()
+                {
+                    names.order.insert(name_key.clone());
                     self.len += 1;
                 }
+            }
+        }
+        if let Some(by_node) = self.by_node.as_mut().filter(|_| old_node != new_node) {
+            let key = (ns_key, name_key);
+            if let Some(old) = old_node {
+                if let Some(pods) = by_node.get_mut(old) {
+                    pods.remove(&key);
+                    if pods.is_empty() {
+                        by_node.remove(old);
+                    }
+                }
+            }
+            if let Some(new) = new_node {
+                by_node.entry(new.to_string()).or_default().insert(key);
             }
         }
         if self.history.len() == self.history_cap {
@@ -151,13 +183,14 @@ impl KindObjects {
             return by_node
                 .get(node)
                 .into_iter()
-                .flat_map(|pods| pods.values())
+                .flatten()
+                .filter_map(|(ns, name)| self.get(Some(ns), name))
                 .filter(keep)
                 .cloned()
                 .collect();
         }
         if let Some(name) = name {
-            let found: Vec<Arc<Object>> = match namespace {
+            return match namespace {
                 Some(ns) => self
                     .get(Some(ns), name)
                     .into_iter()
@@ -165,28 +198,27 @@ impl KindObjects {
                     .cloned()
                     .collect(),
                 None => self
-                    .objects
+                    .namespaces
                     .values()
-                    .filter_map(|names| names.get(name))
+                    .filter_map(|names| names.objects.get(name))
                     .filter(keep)
                     .cloned()
                     .collect(),
             };
-            return found;
         }
         match namespace {
             Some(ns) => self
-                .objects
+                .namespaces
                 .get(ns)
                 .into_iter()
-                .flat_map(|names| names.values())
+                .flat_map(Names::ordered)
                 .filter(keep)
                 .cloned()
                 .collect(),
             None => self
-                .objects
+                .namespaces
                 .values()
-                .flat_map(|names| names.values())
+                .flat_map(Names::ordered)
                 .filter(keep)
                 .cloned()
                 .collect(),

@@ -207,7 +207,8 @@ impl Registry {
         let object = &change.object;
         let mut left = None;
         let mut gone: Vec<(Route, u64)> = Vec::new();
-        let mut offer = |route: Route, bucket: Option<&mut Bucket>| {
+        // `route` is only called for a watcher to drop, so a delivery allocates nothing.
+        let mut offer = |route: &dyn Fn() -> Route, bucket: Option<&mut Bucket>| {
             for (id, w) in bucket.into_iter().flatten() {
                 if change.rv <= w.after {
                     continue;
@@ -219,32 +220,24 @@ impl Registry {
                     Ok(()) => {}
                     Err(mpsc::error::TrySendError::Full(_)) => {
                         w.lagged.store(true, Ordering::Release);
-                        gone.push((route.clone(), *id));
+                        gone.push((route(), *id));
                     }
-                    Err(mpsc::error::TrySendError::Closed(_)) => gone.push((route.clone(), *id)),
+                    Err(mpsc::error::TrySendError::Closed(_)) => gone.push((route(), *id)),
                 }
             }
         };
-        offer(Route::All, Some(&mut kw.all));
+        offer(&|| Route::All, Some(&mut kw.all));
         if let Some(ns) = object.namespace() {
-            offer(
-                Route::Namespace(ns.to_string()),
-                kw.by_namespace.get_mut(ns),
-            );
+            let route = || Route::Namespace(ns.to_string());
+            offer(&route, kw.by_namespace.get_mut(ns));
         }
-        offer(
-            Route::Name(object.name().to_string()),
-            kw.by_name.get_mut(object.name()),
-        );
+        let name = object.name();
+        offer(&|| Route::Name(name.to_string()), kw.by_name.get_mut(name));
         if let Some(node) = pod_node(object) {
-            offer(Route::Node(node.to_string()), kw.by_node.get_mut(node));
-            if let Some(prev) = change
-                .prev
-                .as_deref()
-                .and_then(pod_node)
-                .filter(|p| *p != node)
-            {
-                offer(Route::Node(prev.to_string()), kw.by_node.get_mut(prev));
+            offer(&|| Route::Node(node.to_string()), kw.by_node.get_mut(node));
+            let prev = change.prev.as_deref().and_then(pod_node);
+            if let Some(prev) = prev.filter(|p| *p != node) {
+                offer(&|| Route::Node(prev.to_string()), kw.by_node.get_mut(prev));
             }
         }
         for (route, id) in gone {
