@@ -10,6 +10,7 @@ pub mod deployment;
 pub mod endpoints;
 pub mod garbage_collector;
 pub mod job;
+pub mod node_lifecycle;
 pub mod ownership;
 pub mod pod_state;
 pub mod replicaset;
@@ -55,6 +56,7 @@ impl ControllerManager {
         manager.add(endpoints::EndpointsController::controller());
         manager.add(endpoints::EndpointSliceController::controller());
         manager.add(job::JobController::controller());
+        manager.add(node_lifecycle::NodeLifecycleController::controller());
         let gc = garbage_collector::GarbageCollector::new();
         manager
             .metrics
