@@ -114,7 +114,7 @@ impl State {
 
     /// Writes the state file atomically.
     pub fn save(&self, path: &Path) -> Result<(), CsiError> {
-        let bytes = serde_json::to_vec_pretty(self).map_err(|err| CsiError::State {
+        let bytes = serde_json::to_vec(self).map_err(|err| CsiError::State {
             path: path.to_path_buf(),
             message: err.to_string(),
         })?;
