@@ -212,7 +212,10 @@ impl Ingest {
             }
         }
         let dest = self.store.path(&digest);
-        let created = !dest.exists();
+        // A blob already there with the right size is kept (content addressing makes it
+        // the same bytes); one of another size (a crash before its data reached the disk)
+        // is replaced.
+        let created = fs::metadata(&dest).map_or(true, |m| m.len() != len);
         if created {
             fs::rename(&self.path, &dest).map_err(|e| ImageError::io("rename into", &dest, e))?;
         }

@@ -128,6 +128,16 @@ pub enum ImageError {
     /// A plain-HTTP registry not in the insecure list.
     #[error("registry {0} is not served over TLS; add it to the insecure registries to allow plain HTTP")]
     InsecureNotAllowed(String),
+    /// A Dockerfile instruction failed or is not supported.
+    #[error("{}:{line}: {reason}", file.display())]
+    Dockerfile {
+        /// The Dockerfile.
+        file: PathBuf,
+        /// The instruction's line (1-based).
+        line: usize,
+        /// What went wrong.
+        reason: String,
+    },
     /// A Docker `config.json` could not be read.
     #[error("credentials file {path}: {reason}")]
     Credentials {

@@ -10,6 +10,7 @@
 //! ```
 
 pub mod blobs;
+pub mod build;
 pub mod digest;
 pub mod error;
 pub mod layout;

@@ -94,6 +94,7 @@ pub fn backend_error(op: &str, object: &str, e: ImageError) -> BackendError {
         | ImageError::InvalidDigest { .. }
         | ImageError::AmbiguousImage(_)
         | ImageError::Credentials { .. }
+        | ImageError::Dockerfile { .. }
         | ImageError::NoMatchingPlatform { .. }
         | ImageError::UnsupportedMediaType { .. } => ErrorKind::InvalidArgument,
         ImageError::ImageNotFound(_) | ImageError::BlobNotFound(_) => ErrorKind::NotFound,
