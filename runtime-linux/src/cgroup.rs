@@ -574,6 +574,9 @@ impl Cgroup {
     /// SIGKILLs every process in the cgroup (frozen first, so none can fork away) and
     /// waits up to `timeout` for it to empty.
     pub fn kill_all(&self, id: &str, timeout: std::time::Duration) -> Result<()> {
+        if self.pids().is_empty() {
+            return Ok(());
+        }
         let frozen = self.set_frozen(id, true).is_ok();
         for pid in self.pids() {
             let _ = crate::sys::kill(pid, libc::SIGKILL);

@@ -288,10 +288,19 @@ fn child(plan: &InitPlan, sock: &UnixDatagram) -> StepResult<std::convert::Infal
     for f in &plan.cgroup_procs {
         std::fs::write(f, "0").step(|| format!("join cgroup {}", f.display()))?;
     }
+    // Open every namespace first: after joining a mount namespace, paths resolve there.
+    let mut fds = Vec::with_capacity(plan.join.len());
     for (path, typ) in &plan.join {
-        let fd = std::fs::File::open(path).step(|| format!("open namespace {}", path.display()))?;
+        fds.push((
+            std::fs::File::open(path).step(|| format!("open namespace {}", path.display()))?,
+            *typ,
+            path,
+        ));
+    }
+    for (fd, typ, path) in &fds {
         sys::setns(fd.as_fd(), *typ).step(|| format!("join namespace {}", path.display()))?;
     }
+    drop(fds);
     if plan.new_user {
         sys::unshare(libc::CLONE_NEWUSER).step(|| "create user namespace".into())?;
         send(sock, &Msg::MapIds).step(|| "request id maps".into())?;

@@ -136,6 +136,18 @@ enum Kind {
 /// creating missing components as directories (and the last one as `kind`). No
 /// component can resolve outside `root`.
 fn open_target(root: &OwnedFd, path: &Path, kind: Kind) -> io::Result<OwnedFd> {
+    open_target_at_depth(root, path, kind, 0)
+}
+
+fn open_target_at_depth(
+    root: &OwnedFd,
+    path: &Path,
+    kind: Kind,
+    depth: u32,
+) -> io::Result<OwnedFd> {
+    if depth > 40 {
+        return Err(io::Error::from_raw_os_error(libc::ELOOP));
+    }
     let c = cstr(path)?;
     match sys::open_in_root(root.as_fd(), &c, libc::O_PATH) {
         Ok(fd) => return Ok(fd),
@@ -182,7 +194,31 @@ fn open_target(root: &OwnedFd, path: &Path, kind: Kind) -> io::Result<OwnedFd> {
                 Err(e) => return Err(e),
             }
         }
-        dir = sys::open_in_root(root.as_fd(), &sofar_c, libc::O_PATH)?;
+        dir = match sys::open_in_root(root.as_fd(), &sofar_c, libc::O_PATH) {
+            Ok(fd) => fd,
+            // The name exists but does not resolve: a symlink whose target is missing.
+            // Create its target, interpreted inside the root, then resolve again.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let link = std::fs::read_link(format!(
+                    "/proc/self/fd/{}/{}",
+                    parent.as_raw_fd(),
+                    comp.as_os_str().to_string_lossy()
+                ))?;
+                let target = if link.is_absolute() {
+                    link
+                } else {
+                    sofar.parent().unwrap_or(Path::new("/")).join(link)
+                };
+                open_target_at_depth(
+                    root,
+                    &target,
+                    if last { kind } else { Kind::Dir },
+                    depth + 1,
+                )?;
+                sys::open_in_root(root.as_fd(), &sofar_c, libc::O_PATH)?
+            }
+            Err(e) => return Err(e),
+        };
     }
     Ok(dir)
 }

@@ -198,9 +198,10 @@ pub fn validate(path: &Path, spec: &Spec) -> Result<()> {
 }
 
 /// The default config `wharf-runc spec` writes: runc's defaults (oci-spec's
-/// `Spec::default`), running `sh` on a terminal.
+/// `Spec::default`), hostname `wharf`, running `sh` on a terminal.
 pub fn default_spec() -> Spec {
     let mut spec = Spec::default();
+    spec.set_hostname(Some("wharf".into()));
     if let Some(p) = spec.process_mut() {
         p.set_terminal(Some(true));
         p.set_args(Some(vec!["sh".into()]));

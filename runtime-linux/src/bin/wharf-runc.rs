@@ -113,6 +113,7 @@ enum Cmd {
         /// Container id.
         id: String,
         /// Command and arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
         /// process.json describing the process.
         #[arg(short, long)]
@@ -167,9 +168,6 @@ enum Cmd {
         /// Bundle directory.
         #[arg(short, long, default_value = ".")]
         bundle: PathBuf,
-        /// Accepted for compatibility.
-        #[arg(long)]
-        rootless: bool,
     },
     /// Freeze a container.
     Pause {

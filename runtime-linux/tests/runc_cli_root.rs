@@ -1,0 +1,308 @@
+//! Root tests of the `wharf-runc` binary: runc's verbs on busybox bundles, bad input, and
+//! mount targets that try to escape the rootfs through a symlink.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use common::TempDir;
+
+fn runc(root: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_wharf-runc"))
+        .arg("--root")
+        .arg(root)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// For verbs that leave a container running: its init inherits our stdio, so stdout and
+/// stderr go to a file instead of pipes that would stay open.
+fn runc_detached(root: &Path, args: &[&str]) -> Output {
+    let log = root.with_extension(format!("stderr-{}", args[0]));
+    let f = std::fs::File::create(&log).unwrap();
+    let status = Command::new(env!("CARGO_BIN_EXE_wharf-runc"))
+        .arg("--root")
+        .arg(root)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(f)
+        .status()
+        .unwrap();
+    Output {
+        status,
+        stdout: Vec::new(),
+        stderr: std::fs::read(&log).unwrap_or_default(),
+    }
+}
+
+fn rootfs() -> &'static Path {
+    static DIR: OnceLock<TempDir> = OnceLock::new();
+    let d = DIR.get_or_init(|| {
+        let d = TempDir::new("cli-rootfs");
+        common::busybox_rootfs(d.path());
+        d
+    });
+    d.path()
+}
+
+/// Deletes every container under the root when the test ends, however it ends.
+struct Root(TempDir);
+
+impl Drop for Root {
+    fn drop(&mut self) {
+        let out = runc(self.0.path(), &["list", "-q"]);
+        for id in String::from_utf8_lossy(&out.stdout).lines() {
+            let _ = runc(self.0.path(), &["delete", "-f", id]);
+        }
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn run_reports_exit_code_and_output() {
+    let root = Root(TempDir::new("cli-run"));
+    let b = root.0.path().join("b");
+    common::write_bundle(
+        &b,
+        &common::spec(rootfs(), &["sh", "-c", "echo out; hostname; exit 3"]),
+    );
+    let o = runc(
+        &root.0.path().join("state"),
+        &["run", "--bundle", b.to_str().unwrap(), "r1"],
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "out\nwharf\n");
+    // run deletes the container afterwards.
+    let l = runc(&root.0.path().join("state"), &["list", "-q"]);
+    assert_eq!(String::from_utf8_lossy(&l.stdout), "");
+}
+
+#[test]
+fn create_start_state_kill_delete() {
+    let root = Root(TempDir::new("cli-life"));
+    let state = root.0.path().join("state");
+    let b = root.0.path().join("b");
+    common::write_bundle(&b, &common::spec(rootfs(), &["sleep", "1000"]));
+    let pidfile = root.0.path().join("pid");
+    let o = runc_detached(
+        &state,
+        &[
+            "create",
+            "--bundle",
+            b.to_str().unwrap(),
+            "--pid-file",
+            pidfile.to_str().unwrap(),
+            "c1",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let st: serde_json::Value =
+        serde_json::from_slice(&runc(&state, &["state", "c1"]).stdout).unwrap();
+    assert_eq!(st["status"], "created");
+    assert_eq!(
+        st["pid"].as_i64().unwrap().to_string(),
+        std::fs::read_to_string(&pidfile).unwrap()
+    );
+    assert!(runc_detached(&state, &["start", "c1"]).status.success());
+    let st: serde_json::Value =
+        serde_json::from_slice(&runc(&state, &["state", "c1"]).stdout).unwrap();
+    assert_eq!(st["status"], "running");
+    let o = runc(&state, &["start", "c1"]);
+    assert!(
+        !o.status.success() && text(&o).contains("running"),
+        "{}",
+        text(&o)
+    );
+    let o = runc(&state, &["delete", "c1"]);
+    assert!(
+        !o.status.success(),
+        "delete of a running container needs -f"
+    );
+    assert!(runc(&state, &["pause", "c1"]).status.success());
+    let st: serde_json::Value =
+        serde_json::from_slice(&runc(&state, &["state", "c1"]).stdout).unwrap();
+    assert_eq!(st["status"], "paused");
+    assert!(runc(&state, &["resume", "c1"]).status.success());
+    let ps = runc(&state, &["ps", "--format", "json", "c1"]);
+    let pids: Vec<i32> = serde_json::from_slice(&ps.stdout).unwrap();
+    assert_eq!(pids.len(), 1);
+    assert!(runc(&state, &["kill", "c1", "KILL"]).status.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let st: serde_json::Value =
+            serde_json::from_slice(&runc(&state, &["state", "c1"]).stdout).unwrap();
+        if st["status"] == "stopped" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline);
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(runc(&state, &["delete", "c1"]).status.success());
+    let o = runc(&state, &["state", "c1"]);
+    assert!(!o.status.success() && text(&o).contains("does not exist"));
+}
+
+#[test]
+fn exec_joins_the_container() {
+    let root = Root(TempDir::new("cli-exec"));
+    let state = root.0.path().join("state");
+    let b = root.0.path().join("b");
+    common::write_bundle(&b, &common::spec(rootfs(), &["sleep", "1000"]));
+    assert!(runc_detached(
+        &state,
+        &["run", "-d", "--bundle", b.to_str().unwrap(), "e1"]
+    )
+    .status
+    .success());
+    let o = runc(
+        &state,
+        &[
+            "exec",
+            "e1",
+            "sh",
+            "-c",
+            "hostname; cat /proc/1/cmdline; exit 5",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(5), "{}", text(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "wharf\nsleep\u{0}1000\u{0}");
+    assert!(runc(&state, &["delete", "-f", "e1"]).status.success());
+}
+
+fn assert_nothing_left(state: &Path) {
+    let left: Vec<_> = std::fs::read_dir(state)
+        .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[test]
+fn bad_input_is_a_clear_error() {
+    let root = Root(TempDir::new("cli-bad"));
+    let state = root.0.path().join("state");
+    let b = root.0.path().join("b");
+    std::fs::create_dir_all(&b).unwrap();
+
+    std::fs::write(
+        b.join("config.json"),
+        "{\"ociVersion\": \"1.0.2\", \"root\": ",
+    )
+    .unwrap();
+    let o = runc_detached(&state, &["create", "--bundle", b.to_str().unwrap(), "x"]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("config.json") && text(&o).contains("line 1"),
+        "{}",
+        text(&o)
+    );
+    assert_nothing_left(&state);
+
+    let mut spec = common::spec(rootfs(), &["true"]);
+    spec.root_mut()
+        .as_mut()
+        .unwrap()
+        .set_path(root.0.path().join("no-rootfs"));
+    common::write_bundle(&b, &spec);
+    let o = runc_detached(&state, &["create", "--bundle", b.to_str().unwrap(), "x"]);
+    assert!(
+        text(&o).contains("no-rootfs") && text(&o).contains("does not exist"),
+        "{}",
+        text(&o)
+    );
+    assert_nothing_left(&state);
+
+    let mut v: serde_json::Value = serde_json::to_value(common::spec(rootfs(), &["true"])).unwrap();
+    v["linux"]["namespaces"][0]["type"] = "bogus".into();
+    std::fs::write(b.join("config.json"), v.to_string()).unwrap();
+    let o = runc_detached(&state, &["create", "--bundle", b.to_str().unwrap(), "x"]);
+    assert!(
+        text(&o).contains("linux.namespaces[0].type"),
+        "{}",
+        text(&o)
+    );
+    assert_nothing_left(&state);
+
+    let mut spec = common::spec(rootfs(), &["true"]);
+    spec.process_mut()
+        .as_mut()
+        .unwrap()
+        .user_mut()
+        .set_username(Some("nosuchuser".into()));
+    common::write_bundle(&b, &spec);
+    let o = runc_detached(&state, &["create", "--bundle", b.to_str().unwrap(), "x"]);
+    assert!(text(&o).contains("nosuchuser"), "{}", text(&o));
+    assert_nothing_left(&state);
+
+    let o = runc(
+        &state,
+        &["create", "--bundle", b.to_str().unwrap(), "../escape"],
+    );
+    assert!(text(&o).contains("invalid container id"), "{}", text(&o));
+}
+
+#[test]
+fn mount_target_symlink_cannot_escape_rootfs() {
+    let root = Root(TempDir::new("cli-escape"));
+    let state = root.0.path().join("state");
+    // A private rootfs whose /evil points at a host directory.
+    let rfs = root.0.path().join("rootfs");
+    common::busybox_rootfs(&rfs);
+    let host = root.0.path().join("host-dir");
+    std::fs::create_dir_all(&host).unwrap();
+    std::os::unix::fs::symlink(&host, rfs.join("evil")).unwrap();
+    let mut spec = common::spec(&rfs, &["sh", "-c", "ls -d /evil/sub && echo inside"]);
+    let mut mounts = spec.mounts().clone().unwrap();
+    mounts.push(
+        oci_spec::runtime::MountBuilder::default()
+            .destination("/evil/sub")
+            .typ("tmpfs")
+            .source("tmpfs")
+            .build()
+            .unwrap(),
+    );
+    spec.set_mounts(Some(mounts));
+    let b = root.0.path().join("b");
+    common::write_bundle(&b, &spec);
+    let o = runc(&state, &["run", "--bundle", b.to_str().unwrap(), "esc"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("inside"));
+    // The symlink was resolved inside the rootfs: the host directory is untouched.
+    assert!(
+        !host.join("sub").exists(),
+        "mount target escaped to the host"
+    );
+}
+
+#[test]
+fn spec_and_features() {
+    let d = TempDir::new("cli-spec");
+    let o = runc(
+        &d.path().join("state"),
+        &["spec", "--bundle", d.path().to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let spec: oci_spec::runtime::Spec =
+        serde_json::from_slice(&std::fs::read(d.path().join("config.json")).unwrap()).unwrap();
+    assert_eq!(
+        spec.process().as_ref().unwrap().args().as_ref().unwrap(),
+        &vec!["sh".to_string()]
+    );
+    let f: serde_json::Value =
+        serde_json::from_slice(&runc(&d.path().join("state"), &["features"]).stdout).unwrap();
+    assert!(f["linux"]["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|n| n == "user"));
+}
