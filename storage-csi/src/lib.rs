@@ -6,6 +6,7 @@
 //!   in-process or by the `wharf-hostpath-csi` binary on `CSI_ENDPOINT`.
 //! - [`client`]: [`CsiPlugin`], Wharf's `VolumePlugin` over any CSI driver.
 //! - [`intree`]: emptyDir, hostPath, configMap, secret, downwardAPI and projected volumes.
+//! - [`named`]: Docker-style named volumes on any `VolumePlugin`.
 //! - [`server`]: unix-socket endpoints: serve a driver, connect to one.
 
 pub mod client;
@@ -14,6 +15,7 @@ pub mod error;
 pub mod fsutil;
 pub mod intree;
 pub mod mount;
+pub mod named;
 pub mod proto;
 pub mod server;
 
