@@ -244,6 +244,10 @@ fn set_failure_condition(
     ctx: &Context,
 ) {
     let conditions = status.conditions.get_or_insert_with(Vec::new);
+    let previous = conditions
+        .iter()
+        .find(|c| c.type_ == "ReplicaFailure")
+        .cloned();
     conditions.retain(|c| c.type_ != "ReplicaFailure");
     if let Some(error) = error {
         let reason = match error {
@@ -252,13 +256,18 @@ fn set_failure_condition(
             }
             _ => "FailedCreate",
         };
-        conditions.push(ReplicaSetCondition {
-            type_: "ReplicaFailure".into(),
-            status: "True".into(),
-            reason: Some(reason.into()),
-            message: Some(error.to_string()),
-            last_transition_time: Some(ctx.clock.now_k8s()),
-        });
+        // An unchanged failure keeps its condition as is, so that a persistent error does
+        // not rewrite the status (and re-trigger this controller) on every retry.
+        match previous.filter(|p| p.reason.as_deref() == Some(reason)) {
+            Some(same) => conditions.push(same),
+            None => conditions.push(ReplicaSetCondition {
+                type_: "ReplicaFailure".into(),
+                status: "True".into(),
+                reason: Some(reason.into()),
+                message: Some(error.to_string()),
+                last_transition_time: Some(ctx.clock.now_k8s()),
+            }),
+        }
     }
     if conditions.is_empty() {
         status.conditions = None;
