@@ -47,6 +47,10 @@ pub struct Cgroup {
     pub unified: Option<PathBuf>,
     /// True when cgroup2 is the only hierarchy (resources are applied there).
     pub pure_v2: bool,
+    /// v1 controllers co-mounted with an earlier one (e.g. `cpuacct` with `cpu`): same
+    /// directory, so it is created, joined and removed once.
+    #[serde(default)]
+    pub comounted: Vec<String>,
 }
 
 /// Resource usage read from the cgroup.
@@ -138,11 +142,24 @@ impl Cgroup {
                 cg.unified = Some(root.join(relative));
             }
             Layout::V1 { hybrid } => {
+                let mut seen: Vec<PathBuf> = Vec::new();
                 for c in V1_CONTROLLERS {
                     let base = root.join(c);
-                    if base.is_dir() {
-                        cg.v1.insert(c.to_string(), base.join(relative));
+                    if !base.is_dir() {
+                        continue;
                     }
+                    // Co-mounted controllers appear as symlinks (cpu -> cpu,cpuacct).
+                    let real = match std::fs::symlink_metadata(&base) {
+                        Ok(m) if m.file_type().is_symlink() => {
+                            base.canonicalize().unwrap_or(base.clone())
+                        }
+                        _ => base.clone(),
+                    };
+                    if seen.contains(&real) {
+                        cg.comounted.push(c.to_string());
+                    }
+                    seen.push(real);
+                    cg.v1.insert(c.to_string(), base.join(relative));
                 }
                 if hybrid {
                     cg.unified = Some(root.join("unified").join(relative));
@@ -163,19 +180,12 @@ impl Cgroup {
     }
 
     fn dirs(&self) -> Vec<&Path> {
-        let mut v: Vec<&Path> = Vec::new();
-        for p in self
-            .v1
-            .values()
-            .map(PathBuf::as_path)
+        self.v1
+            .iter()
+            .filter(|(c, _)| !self.comounted.contains(c))
+            .map(|(_, p)| p.as_path())
             .chain(self.unified.as_deref())
-        {
-            // cpu and cpuacct may be one comounted hierarchy reached by two names.
-            if !v.iter().any(|q| same_dir(q, p)) {
-                v.push(p);
-            }
-        }
-        v
+            .collect()
     }
 
     fn make_dirs(&self, id: &str) -> Result<()> {
@@ -623,10 +633,6 @@ impl Cgroup {
         }
         last
     }
-}
-
-fn same_dir(a: &Path, b: &Path) -> bool {
-    a == b || matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
 }
 
 fn fill_cpuset(id: &str, dir: &Path) -> Result<()> {

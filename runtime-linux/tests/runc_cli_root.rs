@@ -176,7 +176,10 @@ fn exec_joins_the_container() {
         ],
     );
     assert_eq!(o.status.code(), Some(5), "{}", text(&o));
-    assert_eq!(String::from_utf8_lossy(&o.stdout), "wharf\nsleep\u{0}1000\u{0}");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "wharf\nsleep\u{0}1000\u{0}"
+    );
     assert!(runc(&state, &["delete", "-f", "e1"]).status.success());
 }
 
