@@ -243,3 +243,43 @@ async fn concurrent_creates_never_overrun_a_quota() {
     }
     assert_eq!(admitted, 3);
 }
+
+#[tokio::test]
+async fn claims_are_bounded_and_validation_is_opt_in() {
+    let store = AdmittingStore::new(MemoryStore::new()).validating();
+    setup(
+        &store,
+        "apiVersion: v1\nkind: LimitRange\nmetadata: {name: storage}\nspec:\n  limits:\n  - type: PersistentVolumeClaim\n    max: {storage: 10Gi}\n",
+    )
+    .await;
+    let claim = |name: &str, size: &str| {
+        objects(&format!(
+            "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {{name: {name}}}\nspec:\n  accessModes: [ReadWriteOnce]\n  resources: {{requests: {{storage: {size}}}}}\n"
+        ))
+        .remove(0)
+    };
+    let err = store
+        .create(claim("big", "20Gi"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("spec.resources.requests.storage: forbidden: maximum storage usage per PersistentVolumeClaim is 10Gi, but request is 20Gi"),
+        "{err}"
+    );
+    store.create(claim("small", "5Gi")).await.unwrap();
+
+    // With validation on, an object the API server would refuse is refused here too.
+    let mut bad = pod("p", "default", "{}");
+    if let Object::Pod(p) = &mut bad {
+        p.spec.as_mut().unwrap().containers[0].image = None;
+    }
+    let err = store.create(bad.clone()).await.unwrap_err().to_string();
+    assert!(
+        err.contains("spec.containers[0].image: Required value"),
+        "{err}"
+    );
+    // Without it, simulations may create minimal pods.
+    let lenient = AdmittingStore::new(MemoryStore::new());
+    lenient.create(bad).await.unwrap();
+}

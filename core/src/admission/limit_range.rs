@@ -4,7 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Container, LimitRange, LimitRangeItem, Pod};
+use k8s_openapi::api::core::v1::{
+    Container, LimitRange, LimitRangeItem, PersistentVolumeClaim, Pod,
+};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use super::resources::{amount, container_amounts, pod_amounts, show, Amounts, Side};
@@ -166,6 +168,53 @@ fn check_container(
         range,
         errors,
     );
+}
+
+/// Checks a PersistentVolumeClaim's storage request against the `PersistentVolumeClaim` items
+/// of every LimitRange (min and max of `requests.storage`).
+pub fn check_claim(claim: &PersistentVolumeClaim, ranges: &[LimitRange]) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    let resources = claim.spec.as_ref().and_then(|s| s.resources.as_ref());
+    let requests: Amounts = resources
+        .and_then(|r| r.requests.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|(name, q)| Some((name.clone(), amount(q)?)))
+        .collect();
+    for range in ranges {
+        let range_name = range.metadata.name.as_deref().unwrap_or("");
+        for item in range.spec.iter().flat_map(|s| s.limits.iter()) {
+            if item.type_ != "PersistentVolumeClaim" {
+                continue;
+            }
+            let bounds = [(&item.min, "minimum"), (&item.max, "maximum")];
+            for (bound, word) in bounds {
+                for (name, value) in bound.iter().flatten() {
+                    let Some(value) = amount(value) else { continue };
+                    let field = format!("spec.resources.requests.{name}");
+                    let message = match requests.get(name) {
+                        None => format!(
+                            "{word} {name} usage per PersistentVolumeClaim is {}.  No request is specified",
+                            show(value)
+                        ),
+                        Some(&r) if (word == "minimum" && r < value) || (word == "maximum" && r > value) => {
+                            format!(
+                                "{word} {name} usage per PersistentVolumeClaim is {}, but request is {}",
+                                show(value),
+                                show(r)
+                            )
+                        }
+                        Some(_) => continue,
+                    };
+                    errors.push(FieldError {
+                        field,
+                        message: format!("{message} (LimitRange {range_name:?})"),
+                    });
+                }
+            }
+        }
+    }
+    errors
 }
 
 #[allow(clippy::too_many_arguments)]

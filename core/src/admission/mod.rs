@@ -5,7 +5,8 @@
 //!
 //! [`AdmittingStore`] wraps any [`Store`] and runs, on create: Kubernetes defaulting
 //! ([`manifest::apply_defaults`](crate::manifest::apply_defaults)), then LimitRange defaulting
-//! and checks for Pods, then every ResourceQuota of the namespace. A refused object is
+//! and checks for Pods (and storage bounds for PersistentVolumeClaims), optionally validation
+//! ([`AdmittingStore::validating`]), then every ResourceQuota of the namespace. A refused object is
 //! [`StoreError::Invalid`] and nothing is written. After a create, the quotas it concerns get
 //! their `status.hard` and `status.used` refreshed.
 //!
@@ -48,6 +49,8 @@ use crate::store::{
 /// A [`Store`] that runs admission (defaulting, LimitRange, ResourceQuota) on create.
 pub struct AdmittingStore<S> {
     inner: S,
+    /// Whether creates are validated like the API server does (`manifest::validate`).
+    validating: bool,
     /// One lock per namespace: admission reads usage, then writes.
     namespaces: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -57,8 +60,17 @@ impl<S: Store> AdmittingStore<S> {
     pub fn new(inner: S) -> AdmittingStore<S> {
         AdmittingStore {
             inner,
+            validating: false,
             namespaces: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Also validates every created object ([`manifest::validate`]) after admission, as the
+    /// API server does; off by default so that programs creating minimal objects (simulations,
+    /// tests) are not refused.
+    pub fn validating(mut self) -> AdmittingStore<S> {
+        self.validating = true;
+        self
     }
 
     /// The wrapped store (writes to it skip admission).
@@ -108,6 +120,29 @@ impl<S: Store> AdmittingStore<S> {
                         format!("forbidden: {message}"),
                     ));
                 }
+            }
+        }
+
+        if let Object::PersistentVolumeClaim(claim) = &object {
+            let ranges: Vec<LimitRange> = self.typed(namespace).await?;
+            let errors = limit_range::check_claim(claim, &ranges);
+            if let Some(first) = errors.first() {
+                return Err(refuse(
+                    &object,
+                    first.field.clone(),
+                    format!("forbidden: {}", first.message),
+                ));
+            }
+        }
+        if self.validating {
+            let errors = manifest::validate(&object);
+            if let Some(first) = errors.first() {
+                let message = errors
+                    .iter()
+                    .map(|e| format!("{}: {}", e.field, e.message))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                return Err(refuse(&object, first.field.clone(), message));
             }
         }
 
@@ -178,7 +213,19 @@ impl<S: Store> Store for AdmittingStore<S> {
         manifest::apply_defaults(&mut object);
         let namespace = match object.namespace() {
             Some(ns) if object.kind().is_namespaced() => ns.to_string(),
-            _ => return self.inner.create(object).await,
+            _ => {
+                if self.validating {
+                    if let Some(e) = manifest::validate(&object).into_iter().next() {
+                        return Err(StoreError::Invalid {
+                            kind: object.kind().name().to_string(),
+                            name: object.name().to_string(),
+                            field: e.field,
+                            message: e.message,
+                        });
+                    }
+                }
+                return self.inner.create(object).await;
+            }
         };
         let lock = self.namespace_lock(&namespace);
         let _admitting = lock.lock().await;

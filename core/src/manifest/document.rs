@@ -121,11 +121,15 @@ fn parse_json_stream(text: &str) -> Result<Vec<Document>, serde_json::Error> {
 
 fn first_line(message: &str) -> String {
     // serde-saphyr appends " at line L column C" which the origin already shows.
-    let line = message.lines().next().unwrap_or(message);
-    match line.rfind(" at line ") {
-        Some(i) => line[..i].to_string(),
-        None => line.to_string(),
+    let mut line = message.lines().next().unwrap_or(message);
+    if let Some(i) = line.rfind(" at line ") {
+        line = &line[..i];
     }
+    // Advice addressed to serde-saphyr's users, not to the manifest's author.
+    if let Some(i) = line.find(", set DuplicateKeyPolicy") {
+        line = &line[..i];
+    }
+    line.to_string()
 }
 
 fn into_json(
@@ -297,6 +301,15 @@ mod tests {
         };
         assert_eq!(origin.source, "bad.yaml");
         assert!(origin.line.is_some(), "{err}");
+    }
+
+    #[test]
+    fn duplicate_keys_are_syntax_errors() {
+        let err = parse("a: 1\nb: 2\na: 3\n", "dup.yaml").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "dup.yaml:3:1: syntax error: duplicate mapping key: a"
+        );
     }
 
     #[test]
