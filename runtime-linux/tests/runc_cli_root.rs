@@ -5,7 +5,6 @@ mod common;
 
 use std::path::Path;
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 
 use common::TempDir;
 
@@ -39,18 +38,19 @@ fn runc_detached(root: &Path, args: &[&str]) -> Output {
     }
 }
 
-fn rootfs() -> &'static Path {
-    static DIR: OnceLock<TempDir> = OnceLock::new();
-    let d = DIR.get_or_init(|| {
-        let d = TempDir::new("cli-rootfs");
-        common::busybox_rootfs(d.path());
-        d
-    });
-    d.path()
-}
-
 /// Deletes every container under the root when the test ends, however it ends.
 struct Root(TempDir);
+
+impl Root {
+    /// A busybox rootfs inside this test's directory, built on first use.
+    fn rootfs(&self) -> std::path::PathBuf {
+        let p = self.0.path().join("rootfs");
+        if !p.exists() {
+            common::busybox_rootfs(&p);
+        }
+        p
+    }
+}
 
 impl Drop for Root {
     fn drop(&mut self) {
@@ -75,7 +75,7 @@ fn run_reports_exit_code_and_output() {
     let b = root.0.path().join("b");
     common::write_bundle(
         &b,
-        &common::spec(rootfs(), &["sh", "-c", "echo out; hostname; exit 3"]),
+        &common::spec(&root.rootfs(), &["sh", "-c", "echo out; hostname; exit 3"]),
     );
     let o = runc(
         &root.0.path().join("state"),
@@ -93,7 +93,7 @@ fn create_start_state_kill_delete() {
     let root = Root(TempDir::new("cli-life"));
     let state = root.0.path().join("state");
     let b = root.0.path().join("b");
-    common::write_bundle(&b, &common::spec(rootfs(), &["sleep", "1000"]));
+    common::write_bundle(&b, &common::spec(&root.rootfs(), &["sleep", "1000"]));
     let pidfile = root.0.path().join("pid");
     let o = runc_detached(
         &state,
@@ -158,7 +158,7 @@ fn exec_joins_the_container() {
     let root = Root(TempDir::new("cli-exec"));
     let state = root.0.path().join("state");
     let b = root.0.path().join("b");
-    common::write_bundle(&b, &common::spec(rootfs(), &["sleep", "1000"]));
+    common::write_bundle(&b, &common::spec(&root.rootfs(), &["sleep", "1000"]));
     assert!(runc_detached(
         &state,
         &["run", "-d", "--bundle", b.to_str().unwrap(), "e1"]
@@ -211,7 +211,7 @@ fn bad_input_is_a_clear_error() {
     );
     assert_nothing_left(&state);
 
-    let mut spec = common::spec(rootfs(), &["true"]);
+    let mut spec = common::spec(&root.rootfs(), &["true"]);
     spec.root_mut()
         .as_mut()
         .unwrap()
@@ -225,7 +225,8 @@ fn bad_input_is_a_clear_error() {
     );
     assert_nothing_left(&state);
 
-    let mut v: serde_json::Value = serde_json::to_value(common::spec(rootfs(), &["true"])).unwrap();
+    let mut v: serde_json::Value =
+        serde_json::to_value(common::spec(&root.rootfs(), &["true"])).unwrap();
     v["linux"]["namespaces"][0]["type"] = "bogus".into();
     std::fs::write(b.join("config.json"), v.to_string()).unwrap();
     let o = runc_detached(&state, &["create", "--bundle", b.to_str().unwrap(), "x"]);
@@ -236,7 +237,7 @@ fn bad_input_is_a_clear_error() {
     );
     assert_nothing_left(&state);
 
-    let mut spec = common::spec(rootfs(), &["true"]);
+    let mut spec = common::spec(&root.rootfs(), &["true"]);
     spec.process_mut()
         .as_mut()
         .unwrap()
