@@ -25,10 +25,18 @@ use crate::store::Store;
 
 /// Starts the built-in controllers on a store and stops them together.
 ///
-/// ```ignore
+/// ```
+/// # use std::sync::Arc;
+/// # use wharf_core::controllers::ControllerManager;
+/// # use wharf_core::store::memory::MemoryStore;
+/// # use wharf_core::Clock;
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let store = Arc::new(MemoryStore::new());
 /// let manager = ControllerManager::start(store, Clock::new());
-/// // ... the cluster runs ...
+/// // ... apply Deployments, Services, Jobs: the controllers act on them ...
+/// assert!(manager.metrics().iter().any(|(name, _)| name == "replicaset"));
 /// manager.shutdown().await;
+/// # });
 /// ```
 pub struct ControllerManager {
     shutdown: CancellationToken,
