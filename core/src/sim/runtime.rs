@@ -125,7 +125,11 @@ struct State {
     timers: BinaryHeap<Reverse<TimedExit>>,
     timer_task: bool,
     record_configs: bool,
+    history: Option<Vec<HistoryEntry>>,
 }
+
+/// One entry of a runtime's history: when (tokio time), container name, what happened.
+pub type HistoryEntry = (Instant, String, RuntimeEventKind);
 
 struct Inner {
     state: Mutex<State>,
@@ -204,6 +208,23 @@ impl SimRuntime {
         self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Keeps a history of container events (with names, which outlive the containers).
+    pub fn record_history(&self, on: bool) {
+        self.lock().history = on.then(Vec::new);
+    }
+
+    /// The history recorded since [`record_history`](Self::record_history).
+    pub fn history(&self) -> Vec<HistoryEntry> {
+        self.lock().history.clone().unwrap_or_default()
+    }
+
+    fn emit_locked(&self, state: &mut State, container: &ContainerStatus, kind: RuntimeEventKind) {
+        if let Some(h) = state.history.as_mut() {
+            h.push((Instant::now(), container.name.clone(), kind.clone()));
+        }
+        self.emit(container, kind);
+    }
+
     fn emit(&self, container: &ContainerStatus, kind: RuntimeEventKind) {
         let _ = self.inner.events.send(RuntimeEvent {
             container_id: container.id.clone(),
@@ -237,7 +258,8 @@ impl SimRuntime {
             .to_string(),
         );
         let status = rec.status.clone();
-        self.emit(
+        self.emit_locked(
+            state,
             &status,
             RuntimeEventKind::Exited {
                 exit_code,
@@ -381,7 +403,7 @@ impl ContainerRuntime for SimRuntime {
             .collect();
         for c in &removed {
             s.containers.remove(&c.id);
-            self.emit(c, RuntimeEventKind::Removed);
+            self.emit_locked(&mut s, c, RuntimeEventKind::Removed);
         }
         s.sandboxes.remove(sandbox_id);
         Ok(())
@@ -456,7 +478,7 @@ impl ContainerRuntime for SimRuntime {
             log_path: None,
         };
         let config = s.record_configs.then(|| Arc::new(config.clone()));
-        self.emit(&status, RuntimeEventKind::Created);
+        self.emit_locked(&mut s, &status, RuntimeEventKind::Created);
         s.containers.insert(
             id.clone(),
             ContainerRecord {
@@ -504,7 +526,7 @@ impl ContainerRuntime for SimRuntime {
         rec.status.started_at = Some(now);
         let gen = rec.generation;
         let status = rec.status.clone();
-        self.emit(&status, RuntimeEventKind::Started);
+        self.emit_locked(&mut s, &status, RuntimeEventKind::Started);
         let mut ends: Vec<(Duration, i32, bool)> = Vec::new();
         if let Some((after, code)) = behavior.exit_after {
             ends.push((after, code, false));
@@ -567,7 +589,7 @@ impl ContainerRuntime for SimRuntime {
         let mut s = self.lock();
         self.finish(&mut s, container_id, 128 + SIGKILL, false);
         if let Some(rec) = s.containers.remove(container_id) {
-            self.emit(&rec.status, RuntimeEventKind::Removed);
+            self.emit_locked(&mut s, &rec.status, RuntimeEventKind::Removed);
         }
         Ok(())
     }

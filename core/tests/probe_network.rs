@@ -1,0 +1,284 @@
+//! The real prober against real servers on loopback: an HTTP server, a TCP listener and a
+//! tonic gRPC health server, including timeouts; exec probes through the simulated runtime.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use wharf_core::backend::probe::{ProbeAction, ProbeResult, ProbeTarget, Prober, Scheme};
+use wharf_core::backend::runtime::{ContainerConfig, ContainerRuntime, SandboxConfig};
+use wharf_core::probe::NetworkProber;
+use wharf_core::sim::{Behavior, SimRuntime};
+use wharf_core::Clock;
+
+const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+fn target() -> ProbeTarget {
+    ProbeTarget {
+        container_id: "c".into(),
+        pod_ip: Some(LOOPBACK),
+    }
+}
+
+/// A tiny HTTP server: `/status/NNN` answers NNN, `/slow` answers after 3 s; every request
+/// head is recorded.
+async fn http_server() -> (u16, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind((LOOPBACK, 0)).await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                return;
+            };
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut head = Vec::new();
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = conn.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    head.extend_from_slice(&buf[..n]);
+                }
+                let head = String::from_utf8_lossy(&head).to_string();
+                let path = head.split(' ').nth(1).unwrap_or("/").to_string();
+                log.lock().unwrap().push(head);
+                let code = if path == "/slow" {
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                    200
+                } else {
+                    path.strip_prefix("/status/")
+                        .and_then(|c| c.parse().ok())
+                        .unwrap_or(404)
+                };
+                let resp =
+                    format!("HTTP/1.1 {code} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                let _ = conn.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    (port, seen)
+}
+
+fn http(port: u16, path: &str) -> ProbeAction {
+    ProbeAction::HttpGet {
+        scheme: Scheme::Http,
+        host: None,
+        port,
+        path: path.into(),
+        headers: vec![("X-Custom".into(), "yes".into())],
+    }
+}
+
+#[tokio::test]
+async fn http_get_status_codes_headers_and_timeout() {
+    let (port, seen) = http_server().await;
+    let p = NetworkProber::network_only();
+    let t = Duration::from_secs(1);
+    assert_eq!(
+        p.probe(&target(), &http(port, "/status/200"), t).await,
+        ProbeResult::Success
+    );
+    assert_eq!(
+        p.probe(&target(), &http(port, "/status/302"), t).await,
+        ProbeResult::Success
+    );
+    assert_eq!(
+        p.probe(&target(), &http(port, "/status/399"), t).await,
+        ProbeResult::Success
+    );
+    let r = p.probe(&target(), &http(port, "/status/400"), t).await;
+    assert_eq!(
+        r,
+        ProbeResult::Failure("HTTP probe failed with statuscode: 400".into())
+    );
+    assert!(matches!(
+        p.probe(&target(), &http(port, "/status/503"), t).await,
+        ProbeResult::Failure(_)
+    ));
+    let head = seen.lock().unwrap()[0].clone();
+    assert!(head.starts_with("GET /status/200 HTTP/1.1\r\n"), "{head}");
+    assert!(head.contains("User-Agent: kube-probe/1.34\r\n"));
+    assert!(head.contains("X-Custom: yes\r\n"));
+    assert!(head.contains(&format!("Host: 127.0.0.1:{port}\r\n")));
+
+    // The probe's host wins over the pod IP.
+    let explicit = ProbeAction::HttpGet {
+        scheme: Scheme::Http,
+        host: Some("127.0.0.1".into()),
+        port,
+        path: "/status/204".into(),
+        headers: vec![],
+    };
+    let no_ip = ProbeTarget {
+        container_id: "c".into(),
+        pod_ip: None,
+    };
+    assert_eq!(p.probe(&no_ip, &explicit, t).await, ProbeResult::Success);
+
+    let start = Instant::now();
+    let r = p.probe(&target(), &http(port, "/slow"), t).await;
+    assert!(
+        matches!(&r, ProbeResult::Failure(m) if m.contains("deadline exceeded")),
+        "{r:?}"
+    );
+    assert!(start.elapsed() < Duration::from_millis(2500));
+
+    let https = ProbeAction::HttpGet {
+        scheme: Scheme::Https,
+        host: None,
+        port,
+        path: "/".into(),
+        headers: vec![],
+    };
+    assert!(matches!(
+        p.probe(&target(), &https, t).await,
+        ProbeResult::Unknown(_)
+    ));
+}
+
+#[tokio::test]
+async fn tcp_socket_open_and_closed() {
+    let listener = TcpListener::bind((LOOPBACK, 0)).await.unwrap();
+    let open = listener.local_addr().unwrap().port();
+    let closed = {
+        let l = std::net::TcpListener::bind((LOOPBACK, 0)).unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let p = NetworkProber::network_only();
+    let t = Duration::from_secs(1);
+    let tcp = |port| ProbeAction::TcpSocket { host: None, port };
+    assert_eq!(
+        p.probe(&target(), &tcp(open), t).await,
+        ProbeResult::Success
+    );
+    assert!(matches!(
+        p.probe(&target(), &tcp(closed), t).await,
+        ProbeResult::Failure(_)
+    ));
+    drop(listener);
+}
+
+#[tokio::test]
+async fn grpc_health_serving_not_serving_and_timeout() {
+    let (reporter, service) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("db", tonic_health::ServingStatus::NotServing)
+        .await;
+    reporter
+        .set_service_status("api", tonic_health::ServingStatus::Serving)
+        .await;
+    let listener = TcpListener::bind((LOOPBACK, 0)).await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let incoming = tonic::transport::server::TcpIncoming::from(listener);
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(incoming),
+    );
+    let p = NetworkProber::network_only();
+    let t = Duration::from_secs(2);
+    let grpc = |service: &str| ProbeAction::Grpc {
+        port,
+        service: service.into(),
+    };
+    assert_eq!(p.probe(&target(), &grpc(""), t).await, ProbeResult::Success);
+    assert_eq!(
+        p.probe(&target(), &grpc("api"), t).await,
+        ProbeResult::Success
+    );
+    let r = p.probe(&target(), &grpc("db"), t).await;
+    assert_eq!(
+        r,
+        ProbeResult::Failure("service unhealthy (responded with \"NOT_SERVING\")".into())
+    );
+    assert!(matches!(
+        p.probe(&target(), &grpc("unknown"), t).await,
+        ProbeResult::Failure(_)
+    ));
+    server.abort();
+
+    // A server that accepts but never speaks HTTP/2: the timeout decides.
+    let silent = TcpListener::bind((LOOPBACK, 0)).await.unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let hold = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((c, _)) = silent.accept().await {
+            conns.push(c);
+        }
+    });
+    let start = Instant::now();
+    let r = p
+        .probe(
+            &target(),
+            &ProbeAction::Grpc {
+                port: silent_port,
+                service: String::new(),
+            },
+            Duration::from_millis(500),
+        )
+        .await;
+    assert!(matches!(r, ProbeResult::Failure(_)), "{r:?}");
+    assert!(start.elapsed() < Duration::from_secs(3));
+    hold.abort();
+    let _: SocketAddr = (LOOPBACK, port).into();
+}
+
+#[tokio::test]
+async fn exec_through_runtime() {
+    let rt = SimRuntime::new(Clock::new());
+    rt.set_behavior(
+        "app",
+        Behavior::run_forever()
+            .with_exec(&["healthy"], 0, Duration::ZERO)
+            .with_exec(&["sick"], 1, Duration::ZERO)
+            .with_exec(&["hang"], 0, Duration::from_millis(400)),
+    );
+    let sb = rt.run_sandbox(&SandboxConfig::default()).await.unwrap();
+    let id = rt
+        .create_container(
+            &sb,
+            &ContainerConfig {
+                name: "app".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    rt.start_container(&id).await.unwrap();
+    let p = NetworkProber::new(Arc::new(rt));
+    let target = ProbeTarget {
+        container_id: id,
+        pod_ip: None,
+    };
+    let exec = |c: &str| ProbeAction::Exec {
+        command: vec![c.to_string()],
+    };
+    let t = Duration::from_millis(200);
+    assert_eq!(
+        p.probe(&target, &exec("healthy"), t).await,
+        ProbeResult::Success
+    );
+    assert!(matches!(
+        p.probe(&target, &exec("sick"), t).await,
+        ProbeResult::Failure(_)
+    ));
+    let r = p.probe(&target, &exec("hang"), t).await;
+    assert!(
+        matches!(&r, ProbeResult::Failure(m) if m.contains("timed out")),
+        "{r:?}"
+    );
+    let gone = ProbeTarget {
+        container_id: "missing".into(),
+        pod_ip: None,
+    };
+    assert!(matches!(
+        p.probe(&gone, &exec("healthy"), t).await,
+        ProbeResult::Unknown(_)
+    ));
+}
