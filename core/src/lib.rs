@@ -7,9 +7,10 @@
 pub mod admission;
 pub mod backend;
 pub mod clock;
-pub mod manifest;
+pub mod cluster;
 pub mod controller;
 pub mod controllers;
+pub mod manifest;
 pub mod node;
 pub mod object;
 pub mod probe;
@@ -17,6 +18,7 @@ pub mod quantity;
 pub mod scheduler;
 pub mod sim;
 pub mod store;
+pub mod volume;
 
 pub use clock::Clock;
 pub use object::{Kind, Object, Resource, Typed};
