@@ -14,6 +14,14 @@
 //! parallelism). Two checks need the store configured for them: [`watch_expired`] writes
 //! [`EXPIRY_WRITES`] changes to one kind and expects the start of them to be compacted away,
 //! and [`watch_bookmarks`] waits up to [`BOOKMARK_WAIT`] for an idle bookmark.
+//!
+//! What a new backend has to get right beyond plain storage, in the order the checks find
+//! it: the store-wide resourceVersion (one counter across kinds, returned by lists so a watch
+//! can resume exactly after them); writes that change nothing keeping their resourceVersion;
+//! watchers seeing selector transitions as adds and deletes (a pod bound to a node is an
+//! `Added` for that node's watcher, and a `Deleted` carrying the last matching state for a
+//! watcher of unscheduled pods); a bookmark closing the initial events of a watch started
+//! without a resourceVersion; and `Expired` rather than a silent gap once history is gone.
 
 mod deletion;
 mod objects;
