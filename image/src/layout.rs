@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{Read, Write};
+use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -72,6 +72,22 @@ pub fn import(store: &ImageStore, path: &Path) -> Result<Vec<Image>> {
     }
 }
 
+/// Opens `rel` inside `dir` with the unpacker's confinement: symlinks in an imported
+/// archive resolve inside it, so an import never reads host files through them.
+fn open_in(dir: &Path, rel: &Path) -> Result<fs::File> {
+    unpack::rootfd::Root::open(dir)
+        .and_then(|root| root.open_file(rel))
+        .map_err(|e| ImageError::io("open", dir.join(rel), e))
+}
+
+fn read_in(dir: &Path, rel: &Path) -> Result<Vec<u8>> {
+    let mut b = Vec::new();
+    open_in(dir, rel)?
+        .read_to_end(&mut b)
+        .map_err(|e| ImageError::io("read", dir.join(rel), e))?;
+    Ok(b)
+}
+
 fn layout_blob(dir: &Path, d: &Digest) -> PathBuf {
     dir.join("blobs").join(d.algorithm()).join(d.hex())
 }
@@ -80,8 +96,10 @@ fn copy_blob_in(store: &ImageStore, dir: &Path, desc: &Descriptor) -> Result<()>
     if store.blobs().size(&desc.digest) == Some(desc.size) {
         return Ok(());
     }
-    let src = layout_blob(dir, &desc.digest);
-    let mut f = fs::File::open(&src).map_err(|e| ImageError::io("open blob", &src, e))?;
+    let rel = Path::new("blobs")
+        .join(desc.digest.algorithm())
+        .join(desc.digest.hex());
+    let mut f = open_in(dir, &rel)?;
     store
         .blobs()
         .put_reader(&mut f, Some(&desc.digest), Some(desc.size))?;
@@ -116,7 +134,7 @@ fn entry_name(desc: &Descriptor) -> Option<Reference> {
 /// resolved to the host platform).
 pub fn import_layout_dir(store: &ImageStore, dir: &Path) -> Result<Vec<Image>> {
     let layout_path = dir.join(LAYOUT_FILE);
-    let layout = fs::read(&layout_path).map_err(|e| ImageError::io("read", &layout_path, e))?;
+    let layout = read_in(dir, Path::new(LAYOUT_FILE))?;
     #[derive(Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct Layout {
@@ -131,7 +149,7 @@ pub fn import_layout_dir(store: &ImageStore, dir: &Path) -> Result<Vec<Image>> {
         ));
     }
     let index_path = dir.join("index.json");
-    let bytes = fs::read(&index_path).map_err(|e| ImageError::io("read", &index_path, e))?;
+    let bytes = read_in(dir, Path::new("index.json"))?;
     let index: Index = serde_json::from_slice(&bytes)
         .map_err(|e| ImageError::malformed(index_path.display().to_string(), e))?;
     let mut out = Vec::new();
@@ -172,7 +190,7 @@ struct DockerArchiveEntry {
 }
 
 /// Only relative paths without `..` may name files of an extracted archive.
-fn archive_path(dir: &Path, rel: &str) -> Result<PathBuf> {
+fn archive_path(rel: &str) -> Result<&Path> {
     let p = Path::new(rel);
     if p.is_absolute()
         || p.components()
@@ -183,25 +201,23 @@ fn archive_path(dir: &Path, rel: &str) -> Result<PathBuf> {
             format!("path {rel:?} leaves the archive"),
         ));
     }
-    Ok(dir.join(p))
+    Ok(p)
 }
 
 /// Imports a docker-archive already extracted into `dir`.
 pub fn import_docker_dir(store: &ImageStore, dir: &Path) -> Result<Vec<Image>> {
-    let mpath = dir.join("manifest.json");
-    let bytes = fs::read(&mpath).map_err(|e| ImageError::io("read", &mpath, e))?;
+    let bytes = read_in(dir, Path::new("manifest.json"))?;
     let entries: Vec<DockerArchiveEntry> = serde_json::from_slice(&bytes)
         .map_err(|e| ImageError::malformed("docker archive manifest.json", e))?;
     let mut out = Vec::new();
     for e in entries {
-        let cpath = archive_path(dir, &e.config)?;
-        let config_bytes = fs::read(&cpath).map_err(|err| ImageError::io("read", &cpath, err))?;
+        let config_bytes = read_in(dir, archive_path(&e.config)?)?;
         let config_digest = store.blobs().put(&config_bytes)?;
         let mut layers = Vec::new();
         for l in &e.layers {
-            let lpath = archive_path(dir, l)?;
-            let mut f =
-                fs::File::open(&lpath).map_err(|err| ImageError::io("open", &lpath, err))?;
+            let rel = archive_path(l)?;
+            let lpath = dir.join(rel);
+            let mut f = open_in(dir, rel)?;
             let mut head = [0u8; 4];
             let n = f
                 .read(&mut head)
@@ -211,8 +227,8 @@ pub fn import_docker_dir(store: &ImageStore, dir: &Path) -> Result<Vec<Image>> {
                 Compression::Zstd => media::OCI_LAYER_ZSTD,
                 Compression::None => "application/vnd.docker.image.rootfs.diff.tar",
             };
-            let mut f =
-                fs::File::open(&lpath).map_err(|err| ImageError::io("open", &lpath, err))?;
+            f.seek(std::io::SeekFrom::Start(0))
+                .map_err(|err| ImageError::io("seek", &lpath, err))?;
             let c = store.blobs().put_reader(&mut f, None, None)?;
             layers.push(Descriptor::new(media_type, c.digest, c.size));
         }

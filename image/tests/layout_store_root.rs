@@ -295,3 +295,21 @@ fn bad_layouts_leave_no_image() {
         "no half snapshot"
     );
 }
+
+#[test]
+fn archive_symlinks_cannot_read_host_files() {
+    let t = tempfile::tempdir().unwrap();
+    fs::write(t.path().join("host-secret"), b"{\"architecture\":\"amd64\",\"os\":\"linux\",\"rootfs\":{\"type\":\"layers\",\"diff_ids\":[]}}").unwrap();
+    let secret = t.path().join("host-secret").display().to_string();
+    let manifest = br#"[{"Config":"cfg.json","RepoTags":["localhost/evil:1"],"Layers":[]}]"#;
+    let tar = common::Layer::new()
+        .symlink("cfg.json", &secret)
+        .file("manifest.json", manifest)
+        .tar();
+    let archive = t.path().join("evil.tar");
+    fs::write(&archive, tar).unwrap();
+    let store = ImageStore::open(t.path().join("store")).unwrap();
+    let err = layout::import(&store, &archive).unwrap_err();
+    assert!(matches!(err, ImageError::Io { .. }), "{err}");
+    assert!(store.list().unwrap().is_empty());
+}

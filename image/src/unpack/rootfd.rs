@@ -64,6 +64,11 @@ impl Root {
         }
     }
 
+    /// Opens regular file `rel` for reading, resolved inside the root (symlinks included).
+    pub fn open_file(&self, rel: &Path) -> io::Result<File> {
+        Ok(File::from(self.openat2(rel, OFlags::RDONLY)?))
+    }
+
     /// An `O_PATH` handle on directory `rel`, resolved inside the root.
     pub fn dir(&self, rel: &Path) -> io::Result<OwnedFd> {
         self.openat2(rel, OFlags::PATH | OFlags::DIRECTORY)
