@@ -47,7 +47,7 @@ use crate::volume::{PersistentVolumeClaimController, PersistentVolumeController}
 pub enum ClusterError {
     /// A node agent could not start.
     #[error(transparent)]
-    Node(#[from] NodeError),
+    Node(Box<NodeError>),
     /// A simulated backend could not be made (e.g. a bad pod CIDR).
     #[error("simulated backends for node {node}: {message}")]
     Backend {
@@ -62,6 +62,12 @@ pub enum ClusterError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl From<NodeError> for ClusterError {
+    fn from(e: NodeError) -> ClusterError {
+        ClusterError::Node(Box::new(e))
+    }
 }
 
 /// Simulated backends for one node: a [`sim::SimRuntime`], an image service that serves any
