@@ -1,0 +1,106 @@
+//! The node agent as a whole: Node registration and heartbeat, adoption of running
+//! containers after an agent restart, and cleanup after deletion.
+
+mod node_support;
+
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Node;
+use node_support::*;
+use wharf_core::store::Api;
+
+#[tokio::test(start_paused = true)]
+async fn registers_node_and_renews_lease() {
+    let h = Harness::new().await;
+    let nodes: Api<Node> = Api::all(h.store.clone());
+    let node = nodes.get(NODE).await.unwrap();
+    let status = node.status.clone().unwrap();
+    let cap = status.capacity.unwrap();
+    assert_eq!(cap["nvidia.com/gpu"].0, "2");
+    assert_eq!(cap["pods"].0, "110");
+    assert_eq!(status.allocatable.unwrap()["cpu"].0, "4");
+    let ready = status
+        .conditions
+        .unwrap()
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_deref()),
+        ("True", Some("KubeletReady"))
+    );
+    let addresses = status.addresses.unwrap();
+    assert_eq!(addresses[0].type_, "InternalIP");
+    assert_eq!(addresses[0].address, "192.168.0.10");
+    let labels = node.metadata.labels.clone().unwrap();
+    assert_eq!(labels["kubernetes.io/hostname"], NODE);
+    assert_eq!(labels["zone"], "a");
+
+    let leases: Api<Lease> = Api::namespaced(h.store.clone(), "kube-node-lease");
+    let first = leases.get(NODE).await.unwrap().spec.clone().unwrap();
+    assert_eq!(first.holder_identity.as_deref(), Some(NODE));
+    assert_eq!(first.lease_duration_seconds, Some(40));
+    h.at(25).await;
+    let later = leases.get(NODE).await.unwrap().spec.clone().unwrap();
+    let secs = |t: &Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime>| {
+        t.as_ref().unwrap().0.as_second()
+    };
+    assert_eq!(secs(&later.renew_time) - secs(&first.renew_time), 20);
+}
+
+#[tokio::test(start_paused = true)]
+async fn restarted_agent_adopts_running_containers() {
+    let mut h = Harness::new().await;
+    h.create(pod("web", vec![container("app"), container("side")]))
+        .await;
+    let before = h
+        .wait("web", Duration::from_secs(60), |s| phase(s) == "Running")
+        .await;
+    let id = cstatus(&before, "app").container_id.clone();
+    h.stop_agent().await;
+    h.at(100).await;
+    h.start_agent().await;
+    h.at(200).await;
+    let after = h.status("web").await;
+    assert_eq!(phase(&after), "Running");
+    assert_eq!(cstatus(&after, "app").container_id, id);
+    assert_eq!(cstatus(&after, "app").restart_count, 0);
+    assert_eq!(h.starts("app"), vec![0]);
+    assert_eq!(h.runtime.counts(), (2, 1));
+    assert_eq!(after.pod_ip, before.pod_ip);
+    assert_eq!(h.network.allocated(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn deletion_removes_everything_then_the_pod() {
+    let h = Harness::new().await;
+    h.create(pod("gone", vec![container("app")])).await;
+    h.wait("gone", Duration::from_secs(60), |s| phase(s) == "Running")
+        .await;
+    h.delete("gone").await;
+    h.wait_gone("gone", Duration::from_secs(60)).await;
+    assert_eq!(h.runtime.counts(), (0, 0));
+    assert_eq!(h.network.allocated(), 0);
+    assert!(h.log().contains(&(0, Ev::Exited("app".into(), 143))));
+}
+
+#[tokio::test(start_paused = true)]
+async fn missing_configmap_is_a_config_error() {
+    let h = Harness::new().await;
+    let mut c = container("app");
+    c.env_from = Some(vec![k8s_openapi::api::core::v1::EnvFromSource {
+        config_map_ref: Some(k8s_openapi::api::core::v1::ConfigMapEnvSource {
+            name: "absent".into(),
+            optional: None,
+        }),
+        ..Default::default()
+    }]);
+    h.create(pod("cfg", vec![c])).await;
+    h.at(1).await;
+    let st = h.status("cfg").await;
+    let w = cstatus(&st, "app").state.clone().unwrap().waiting.unwrap();
+    assert_eq!(w.reason.as_deref(), Some("CreateContainerConfigError"));
+    assert_eq!(w.message.as_deref(), Some("configmap \"absent\" not found"));
+    assert_eq!(phase(&st), "Pending");
+}
