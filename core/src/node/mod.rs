@@ -151,7 +151,7 @@ pub enum NodeError {
         /// Node name.
         node: String,
         /// The store error.
-        source: StoreError,
+        source: Box<StoreError>,
     },
 }
 
@@ -403,7 +403,7 @@ impl NodeAgent {
             .await
             .map_err(|source| NodeError::Register {
                 node: self.config.name.clone(),
-                source,
+                source: Box::new(source),
             })?;
         let alloc = self.config.allocatable();
         let ctx = Arc::new(NodeContext {
