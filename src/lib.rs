@@ -12,3 +12,11 @@ pub use wharf_network_cni as network;
 pub use wharf_runtime_linux as runtime;
 #[cfg(feature = "storage-csi")]
 pub use wharf_storage_csi as storage;
+
+#[cfg(all(
+    feature = "runtime-linux",
+    feature = "network-cni",
+    feature = "storage-csi",
+    feature = "image"
+))]
+pub mod linux;

@@ -1,0 +1,70 @@
+//! Runs the examples (which `cargo test` builds next to this test) and checks they succeed:
+//! the CI proof that they work. The quickstart runs in simulated mode here; its real mode
+//! needs root and is run by hand (see README).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn example(name: &str) -> PathBuf {
+    // target/<profile>/deps/examples-<hash> -> target/<profile>/examples/<name>
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target profile directory");
+    profile_dir.join("examples").join(name)
+}
+
+fn run(name: &str, args: &[&str], expect: &str) {
+    let path = example(name);
+    assert!(
+        path.exists(),
+        "{} not built (cargo test builds the examples)",
+        path.display()
+    );
+    let out = Command::new(&path)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", path.display()));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{name} {args:?} failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    assert!(
+        stdout.contains(expect),
+        "{name} {args:?} did not print {expect:?}:\n{stdout}"
+    );
+}
+
+#[test]
+fn quickstart_simulated_tells_the_whole_story() {
+    run("quickstart", &["--simulated"], "every step behaved");
+}
+
+#[test]
+fn custom_controller_follows_its_greeting() {
+    run(
+        "custom_controller",
+        &[],
+        "ok: ConfigMap hello-greeting gone",
+    );
+}
+
+#[test]
+fn simulated_cluster_runs_a_deployment() {
+    run(
+        "simulated_cluster",
+        &[
+            "--nodes",
+            "50",
+            "--replicas",
+            "300",
+            "--timeout-secs",
+            "120",
+        ],
+        "300 pods Running on",
+    );
+}
