@@ -5,7 +5,7 @@
 //!
 //! There is no peer to run beside it here: kube-controller-manager needs an API server and
 //! etcd, which this machine does not run. The figures are absolute; see
-//! docs/bench-controllers.md.
+//! docs/benchmarks.md.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
