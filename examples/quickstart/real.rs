@@ -170,7 +170,7 @@ async fn obtain_image(base: &Path, node: &LinuxNode, given: Option<PathBuf>) -> 
     let busybox = Path::new("/bin/busybox");
     let static_binary = std::fs::read(busybox)
         .ok()
-        .is_some_and(|b| !b.windows(b"ld-linux".len()).any(|w| w == b"ld-linux"));
+        .is_some_and(|b| is_static_elf64(&b));
     if !static_binary {
         bail!("no image: give one with --image <OCI layout or tarball>, allow a registry pull, or install busybox-static (apt-get install busybox-static) so the quickstart can build one");
     }
@@ -192,6 +192,31 @@ async fn obtain_image(base: &Path, node: &LinuxNode, given: Option<PathBuf>) -> 
     .context("building an image from /bin/busybox")?;
     std::fs::remove_dir_all(&context)?;
     Ok("built from the host's static /bin/busybox (FROM scratch + COPY)".to_string())
+}
+
+/// An ELF64 executable without a PT_INTERP program header (no dynamic loader needed).
+fn is_static_elf64(b: &[u8]) -> bool {
+    let u16_at = |o: usize| {
+        b.get(o..o + 2)
+            .map(|s| u16::from_le_bytes([s[0], s[1]]) as usize)
+    };
+    let u32_at = |o: usize| {
+        b.get(o..o + 4)
+            .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+    };
+    let u64_at = |o: usize| {
+        b.get(o..o + 8)
+            .and_then(|s| <[u8; 8]>::try_from(s).ok())
+            .map(|a| u64::from_le_bytes(a) as usize)
+    };
+    if !b.starts_with(b"\x7fELF\x02\x01") {
+        return false;
+    }
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38))
+    else {
+        return false;
+    };
+    (0..phnum).all(|i| u32_at(phoff + i * phentsize).is_some_and(|t| t != 3))
 }
 
 /// Checks that nothing is left (mounts, veths, the bridge) and removes the directory.
