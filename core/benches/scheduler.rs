@@ -11,9 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use k8s_openapi::api::core::v1::{
-    Container, Node, NodeStatus, Pod, PodSpec, ResourceRequirements,
-};
+use k8s_openapi::api::core::v1::{Container, Node, NodeStatus, Pod, PodSpec, ResourceRequirements};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use tokio_util::sync::CancellationToken;
 use wharf_core::scheduler::{Scheduler, SchedulerConfig, SchedulerMetrics};
@@ -39,7 +37,11 @@ fn node(i: usize) -> Object {
         format!("node-{i}"),
     )]));
     n.status = Some(NodeStatus {
-        allocatable: Some(quantities(&[("cpu", "4"), ("memory", "32Gi"), ("pods", "110")])),
+        allocatable: Some(quantities(&[
+            ("cpu", "4"),
+            ("memory", "32Gi"),
+            ("pods", "110"),
+        ])),
         ..Default::default()
     });
     n.into()
