@@ -79,17 +79,9 @@ impl ClusterCache {
     /// Accounts a pod on a node (bound, or assumed while its binding is written). A pod
     /// already accounted elsewhere moves. Returns false when the node is unknown.
     pub fn place(&mut self, pod: Arc<PodInfo>, node_name: &str) -> bool {
+        // Re-placing a pod (a newer version from the watch) replaces its old accounting.
         let uid = pod.object.uid().to_string();
-        if self.placed.get(&uid).map(String::as_str) == Some(node_name) {
-            // Refresh the stored object (labels may have changed) without double counting.
-            let i = self.index[node_name];
-            let has_affinity = pod.has_pod_affinity;
-            if self.nodes[i].remove_pod(&uid) {
-                self.pods_with_affinity -= has_affinity as usize;
-            }
-        } else {
-            self.unplace(&uid);
-        }
+        self.unplace(&uid);
         let Some(&i) = self.index.get(node_name) else {
             return false;
         };

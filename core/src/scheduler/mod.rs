@@ -88,6 +88,14 @@ fn pod_key(object: &Object) -> String {
     format!("{}/{}", object.namespace().unwrap_or(""), object.name())
 }
 
+fn new_queue(config: &SchedulerConfig) -> SchedulingQueue {
+    SchedulingQueue::new(
+        config.initial_backoff,
+        config.max_backoff,
+        config.max_unschedulable,
+    )
+}
+
 fn is_terminal(pod: &Pod) -> bool {
     matches!(
         pod.status.as_ref().and_then(|s| s.phase.as_deref()),
@@ -110,11 +118,7 @@ impl Scheduler {
         Scheduler {
             store,
             algorithm: Algorithm::new(profile, config.percentage_of_nodes_to_score),
-            queue: SchedulingQueue::new(
-                config.initial_backoff,
-                config.max_backoff,
-                config.max_unschedulable,
-            ),
+            queue: new_queue(&config),
             config,
             cache: ClusterCache::default(),
             clock: Clock::new(),
@@ -186,11 +190,7 @@ impl Scheduler {
                 StoreError::Expired { .. } | StoreError::WatchLagged { .. } => {
                     tracing::info!(error = %failure, "scheduler watch ended; listing again");
                     self.cache = ClusterCache::default();
-                    self.queue = SchedulingQueue::new(
-                        self.config.initial_backoff,
-                        self.config.max_backoff,
-                        self.config.max_unschedulable,
-                    );
+                    self.queue = new_queue(&self.config);
                 }
                 other => return Err(other),
             }

@@ -296,3 +296,26 @@ fn large_cluster_search_rotates_over_all_nodes() {
     // Rotating start index + least-allocated scoring spreads pods over every node.
     assert_eq!(used.len(), 1000);
 }
+
+#[test]
+fn replacing_a_placed_pod_does_not_double_count() {
+    let mut cache = ClusterCache::default();
+    cache.upsert_node(Arc::new(Object::from(node("a", "4", "8Gi", &[]))));
+    let mut p = pod("p", "1", &[("app", "x")]);
+    p.spec.as_mut().unwrap().affinity = Some(Affinity {
+        pod_anti_affinity: Some(PodAntiAffinity::default()),
+        ..Default::default()
+    });
+    cache.place(info(p.clone()), "a");
+    // The watch delivers a newer version of the same pod: its accounting is replaced.
+    p.metadata.labels = Some(map(&[("app", "y")]));
+    cache.place(info(p), "a");
+    let node = cache.node("a").unwrap();
+    assert_eq!(node.pods.len(), 1);
+    assert_eq!(node.requested.milli_cpu, 1000);
+    assert_eq!(node.pods_with_affinity, 1);
+    assert_eq!(cache.snapshot().pods_with_affinity, 1);
+    cache.unplace("uid-p");
+    assert_eq!(cache.snapshot().pods_with_affinity, 0);
+    assert_eq!(cache.node("a").unwrap().requested.milli_cpu, 0);
+}

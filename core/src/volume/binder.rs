@@ -401,9 +401,8 @@ impl PersistentVolumeController {
             Kind::PersistentVolume,
             PersistentVolumeController { drivers },
         )
-        .watches(Kind::PersistentVolumeClaim, |claim, ctx| {
+        .watches(Kind::PersistentVolumeClaim, |claim, _ctx| {
             // A claim change (deletion) concerns the volume it was bound to.
-            let _ = ctx;
             claim
                 .as_kind::<PersistentVolumeClaim>()
                 .and_then(|c| c.spec.as_ref()?.volume_name.clone())
