@@ -323,24 +323,9 @@ impl LocalVolumes {
         name: &str,
         optional: bool,
     ) -> Result<Option<BTreeMap<String, Vec<u8>>>, CsiError> {
-        let found = self
-            .objects
-            .config_map(namespace, name)
-            .await
-            .map_err(|message| CsiError::InvalidVolume {
-                volume: volume.into(),
-                field: field.into(),
-                message,
-            })?;
-        match found {
-            Some(cm) => Ok(Some(config_map_data(&cm))),
-            None if optional => Ok(None),
-            None => Err(CsiError::InvalidVolume {
-                volume: volume.into(),
-                field: field.into(),
-                message: format!("configmap {namespace}/{name} not found"),
-            }),
-        }
+        let found = self.objects.config_map(namespace, name).await;
+        let data = found.map(|cm| cm.map(|cm| config_map_data(&cm)));
+        source_data(volume, field, "configmap", namespace, name, optional, data)
     }
 
     async fn secret(
@@ -351,24 +336,9 @@ impl LocalVolumes {
         name: &str,
         optional: bool,
     ) -> Result<Option<BTreeMap<String, Vec<u8>>>, CsiError> {
-        let found = self
-            .objects
-            .secret(namespace, name)
-            .await
-            .map_err(|message| CsiError::InvalidVolume {
-                volume: volume.into(),
-                field: field.into(),
-                message,
-            })?;
-        match found {
-            Some(s) => Ok(Some(secret_data(&s))),
-            None if optional => Ok(None),
-            None => Err(CsiError::InvalidVolume {
-                volume: volume.into(),
-                field: field.into(),
-                message: format!("secret {namespace}/{name} not found"),
-            }),
-        }
+        let found = self.objects.secret(namespace, name).await;
+        let data = found.map(|s| s.map(|s| secret_data(&s)));
+        source_data(volume, field, "secret", namespace, name, optional, data)
     }
 }
 
@@ -386,4 +356,27 @@ fn size_bytes(volume: &str, field: &str, q: &Quantity) -> Result<u64, CsiError> 
                 message: format!("{} is negative", q.0),
             })
         })
+}
+
+/// The data of a configMap or secret source, or `None` for a missing optional one; a missing
+/// required one, or a failed lookup, is an error naming the volume and field.
+fn source_data(
+    volume: &str,
+    field: &str,
+    what: &str,
+    namespace: &str,
+    name: &str,
+    optional: bool,
+    found: Result<Option<BTreeMap<String, Vec<u8>>>, String>,
+) -> Result<Option<BTreeMap<String, Vec<u8>>>, CsiError> {
+    let invalid = |message: String| CsiError::InvalidVolume {
+        volume: volume.into(),
+        field: field.into(),
+        message,
+    };
+    match found.map_err(invalid)? {
+        Some(data) => Ok(Some(data)),
+        None if optional => Ok(None),
+        None => Err(invalid(format!("{what} {namespace}/{name} not found"))),
+    }
 }
