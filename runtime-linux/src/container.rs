@@ -227,6 +227,7 @@ impl Engine {
             self.host_bounding,
         )?;
         drop(probe);
+        let seccomp = plan::seccomp_of(id, bundle)?;
         let rel = cgroup::relative_path(id, linux.cgroups_path().as_deref());
         let cg = Cgroup::create(id, &rel, linux.resources().as_ref())?;
         *cg_out = Some(cg.clone());
@@ -240,6 +241,7 @@ impl Engine {
             self.host_bounding,
         )?;
         plan.stdio = opts.stdio;
+        plan.process.seccomp = seccomp;
         let fifo = sys::cstr(dir.fifo()).map_err(|e| Error::os(id, "fifo path", e))?;
         sys::mkfifo(&fifo, 0o600)
             .map_err(|e| Error::os(id, format!("mkfifo {}", dir.fifo().display()), e))?;
@@ -478,12 +480,15 @@ impl Engine {
     pub fn process_of(&self, id: &str) -> Result<ProcessPlan> {
         let rec = self.record(id)?;
         let bundle = Bundle::load(id, &rec.bundle)?;
-        plan::process_plan(
+        let mut p = plan::process_plan(
             id,
             &rec.rootfs,
             bundle.spec.process().as_ref().expect("validated"),
             self.host_bounding,
-        )
+        )?;
+        // An exec'd process is confined like the container's own.
+        p.seccomp = plan::seccomp_of(id, &bundle)?;
+        Ok(p)
     }
 
     /// Records how the init process ended (called by whoever reaped it).

@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use crate::caps::CapMasks;
 use crate::error::{Error, Result};
 use crate::rootfs::{self, RootfsPlan};
+use crate::seccomp::Filter;
 use crate::sys::{self, cstr, Fork};
 
 /// A failed setup step inside the child.
@@ -85,6 +86,8 @@ pub struct ProcessPlan {
     pub rlimits: Vec<(u32, u64, u64)>,
     /// Extra descriptors (3, 4, …) passed to the program.
     pub preserve_fds: u32,
+    /// Seccomp filter, compiled before the fork.
+    pub seccomp: Option<Filter>,
 }
 
 /// Everything the child needs, prepared before the fork.
@@ -393,6 +396,7 @@ fn container(plan: &InitPlan, sock: &UnixDatagram) -> StepResult<std::convert::I
         }
         drop(fifo);
     }
+    load_seccomp_late(&plan.process)?;
     sys::cloexec_from(3 + plan.process.preserve_fds)
         .step(|| "close inherited descriptors".into())?;
     let err = sys::execve(&exec.path, &exec.argv, &exec.envp);
@@ -430,6 +434,13 @@ pub fn prepare_exec(p: &ProcessPlan) -> StepResult<Exec> {
     let path =
         resolve_program(&p.args[0], &env).step(|| format!("find program {:?}", p.args[0]))?;
 
+    // Without no_new_privs, installing a filter needs CAP_SYS_ADMIN: load it while
+    // the process still has every capability (runc's order).
+    if !p.no_new_privs {
+        if let Some(f) = &p.seccomp {
+            f.load().step(|| "load seccomp filter".into())?;
+        }
+    }
     // Bounding set first (needs CAP_SETPCAP, still held), then identity with
     // KEEPCAPS, then the remaining sets.
     for cap in 0..64u32 {
@@ -488,9 +499,19 @@ pub fn prepare_exec(p: &ProcessPlan) -> StepResult<Exec> {
     })
 }
 
+/// With no_new_privs the filter is loaded as late as possible, so the fewest syscalls
+/// (`close_range`, `execve`) run under it before the user's program.
+fn load_seccomp_late(p: &ProcessPlan) -> StepResult<()> {
+    match &p.seccomp {
+        Some(f) if p.no_new_privs => f.load().step(|| "load seccomp filter".into()),
+        _ => Ok(()),
+    }
+}
+
 /// Runs `prepare_exec` then `execve` (for exec into a running container).
 pub fn exec_now(p: &ProcessPlan) -> StepResult<std::convert::Infallible> {
     let exec = prepare_exec(p)?;
+    load_seccomp_late(p)?;
     sys::cloexec_from(3 + p.preserve_fds).step(|| "close inherited descriptors".into())?;
     let err = sys::execve(&exec.path, &exec.argv, &exec.envp);
     Err(StepError {

@@ -25,6 +25,7 @@ pub mod monitor;
 pub mod plan;
 pub mod rootfs;
 pub mod runtime;
+pub mod seccomp;
 pub mod spec;
 pub mod state;
 pub mod sys;

@@ -12,6 +12,7 @@ use crate::cgroup::Cgroup;
 use crate::error::{Error, Result};
 use crate::init::{InitPlan, ProcessPlan};
 use crate::rootfs::{Overlay, RootfsPlan};
+use crate::seccomp::Filter;
 use crate::spec::Bundle;
 
 fn field(bundle: &Bundle, field: &str, message: impl Into<String>) -> Error {
@@ -109,6 +110,33 @@ pub fn process_plan(
             .map(|r| (rlimit_resource(r.typ()), r.soft(), r.hard()))
             .collect(),
         preserve_fds: 0,
+        seccomp: None,
+    })
+}
+
+/// Compiles the bundle's `linux.seccomp`, if any, to a filter (before anything is
+/// created: a bad profile is a config error naming the field).
+pub fn seccomp_of(id: &str, bundle: &Bundle) -> Result<Option<Filter>> {
+    let Some(profile) = bundle
+        .spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.seccomp().as_ref())
+    else {
+        return Ok(None);
+    };
+    if !crate::seccomp::ENABLED {
+        return Err(Error::Unsupported {
+            id: id.into(),
+            message: "linux.seccomp is set but this build has no seccomp support (cargo feature `seccomp`)".into(),
+        });
+    }
+    crate::seccomp::compile(profile).map(Some).map_err(|e| {
+        field(
+            bundle,
+            format!("linux.seccomp.{}", e.field).trim_end_matches('.'),
+            e.message,
+        )
     })
 }
 

@@ -84,6 +84,9 @@ pub struct LinuxRuntimeOptions {
     pub log_max_bytes: u64,
     /// Log files kept per container.
     pub log_max_files: u32,
+    /// Where relative seccomp profile paths (Kubernetes `Localhost` profiles) are
+    /// resolved (default `/var/lib/kubelet/seccomp`).
+    pub seccomp_profile_root: PathBuf,
 }
 
 impl Default for LinuxRuntimeOptions {
@@ -93,6 +96,7 @@ impl Default for LinuxRuntimeOptions {
             monitor_binary: client::find_binary(),
             log_max_bytes: 10 << 20,
             log_max_files: 5,
+            seccomp_profile_root: "/var/lib/kubelet/seccomp".into(),
         }
     }
 }
@@ -386,6 +390,56 @@ impl Inner {
                 }
             })
             .await;
+        }
+    }
+
+    /// The seccomp profile of a container: the runtime default (Docker's profile for
+    /// its capabilities) unless it asks for `unconfined` or names a profile file
+    /// (relative paths under `seccomp_profile_root`). Privileged containers run
+    /// unconfined by default, as with containerd.
+    fn seccomp_profile(
+        &self,
+        c: &ContainerConfig,
+        caps: &std::collections::HashSet<Capability>,
+    ) -> BackendResult<Option<oci_spec::runtime::LinuxSeccomp>> {
+        let op = "create container";
+        let profile = c.security.seccomp_profile.as_deref().map(str::trim);
+        match profile {
+            Some(p) if p.eq_ignore_ascii_case("unconfined") => Ok(None),
+            None | Some("runtime/default" | "docker/default" | "RuntimeDefault") => {
+                if c.security.privileged && profile.is_none() {
+                    return Ok(None);
+                }
+                if !crate::seccomp::ENABLED {
+                    tracing::warn!(container = %c.name, "no seccomp support in this build: the runtime default profile is not applied");
+                    return Ok(None);
+                }
+                let names: Vec<String> = caps
+                    .iter()
+                    .filter_map(|c| serde_json::to_value(c).ok()?.as_str().map(str::to_string))
+                    .collect();
+                Ok(Some(crate::seccomp::default_profile(&names)))
+            }
+            Some(path) => {
+                let path = self
+                    .opts
+                    .seccomp_profile_root
+                    .join(path.trim_start_matches("localhost/"));
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    invalid(
+                        op,
+                        &c.name,
+                        format!("seccomp profile {}: {e}", path.display()),
+                    )
+                })?;
+                serde_json::from_str(&text).map(Some).map_err(|e| {
+                    invalid(
+                        op,
+                        &c.name,
+                        format!("seccomp profile {}: {e}", path.display()),
+                    )
+                })
+            }
         }
     }
 
@@ -685,6 +739,7 @@ impl Inner {
         }
         linux.set_resources(Some(res));
         linux.set_cgroups_path(Some(Path::new("/").join(&sb.cgroup_parent).join(id)));
+        linux.set_seccomp(self.seccomp_profile(c, &caps)?);
         spec.set_linux(Some(linux));
         Ok((spec, overlay, owned))
     }

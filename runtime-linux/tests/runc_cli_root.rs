@@ -310,3 +310,51 @@ fn spec_and_features() {
         .iter()
         .any(|n| n == "user"));
 }
+
+#[test]
+fn seccomp_profile_of_config_json_is_applied() {
+    let root = Root(TempDir::new("cli-seccomp"));
+    let b = root.0.path().join("b");
+    let mut spec = common::spec(
+        &root.rootfs(),
+        &[
+            "sh",
+            "-c",
+            "grep '^Seccomp:' /proc/self/status; mkdir /tmp/d 2>&1; touch /tmp/f && echo touch-ok",
+        ],
+    );
+    let profile: oci_spec::runtime::LinuxSeccomp = serde_json::from_str(
+        r#"{"defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86"],
+            "flags": ["SECCOMP_FILTER_FLAG_SPEC_ALLOW"],
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1,
+                          "args": [{"index": 1, "value": 0, "op": "SCMP_CMP_GE"}]}]}"#,
+    )
+    .unwrap();
+    let mut linux = spec.linux().clone().unwrap();
+    linux.set_seccomp(Some(profile));
+    spec.set_linux(Some(linux));
+    common::write_bundle(&b, &spec);
+    let state = root.0.path().join("state");
+    let o = runc(&state, &["run", "--bundle", b.to_str().unwrap(), "s1"]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(out.contains("Seccomp:\t2"), "{out}");
+    assert!(out.contains("Operation not permitted"), "{out}");
+    assert!(out.contains("touch-ok"), "{out}");
+
+    // An argument index beyond the six syscall arguments names the field.
+    let text_cfg = std::fs::read_to_string(b.join("config.json"))
+        .unwrap()
+        .replace("\"index\": 1", "\"index\": 9");
+    std::fs::write(b.join("config.json"), text_cfg).unwrap();
+    let o = runc(&state, &["run", "--bundle", b.to_str().unwrap(), "s2"]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("linux.seccomp.syscalls[0].args[0].index"),
+        "{}",
+        text(&o)
+    );
+    assert_nothing_left(&state);
+    let f: serde_json::Value = serde_json::from_slice(&runc(&state, &["features"]).stdout).unwrap();
+    assert_eq!(f["linux"]["seccomp"]["enabled"], true);
+}

@@ -490,3 +490,85 @@ async fn overlay_root_keeps_lower_layers_untouched() {
     assert!(env.rootfs.join("bin/ls").exists() || env.rootfs.join("bin/ls").is_symlink());
     env.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn seccomp_runtime_default_and_unconfined() {
+    let env = Env::new("seccomp-default").await;
+    let script = "grep '^Seccomp:' /proc/self/status; unshare -U true 2>/dev/null && echo unshare-ok || echo unshare-denied; mkdir /tmp/d$$ && rmdir /tmp/d$$ && echo mkdir-ok";
+    // No profile asked: the runtime default (Docker's profile) applies.
+    let cfg = env.config("confined", &["sh", "-c", script]);
+    let (st, out) = env.run(&cfg).await;
+    assert_eq!(st.exit_code, Some(0), "{out}");
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        vec!["Seccomp:\t2", "unshare-denied", "mkdir-ok"],
+        "{out}"
+    );
+    let mut cfg = env.config("unconfined", &["sh", "-c", script]);
+    cfg.security.seccomp_profile = Some("unconfined".into());
+    let (st, out) = env.run(&cfg).await;
+    assert_eq!(st.exit_code, Some(0), "{out}");
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        vec!["Seccomp:\t0", "unshare-ok", "mkdir-ok"],
+        "{out}"
+    );
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn seccomp_localhost_profile_denies_mkdir() {
+    let env = Env::new("seccomp-file").await;
+    let profile = env.dir.path().join("no-mkdir.json");
+    std::fs::write(
+        &profile,
+        r#"{"defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]}"#,
+    )
+    .unwrap();
+    let mut cfg = env.config(
+        "nomkdir",
+        &[
+            "sh",
+            "-c",
+            "mkdir /tmp/d 2>&1; echo rc=$?; touch /tmp/f && echo touch-ok",
+        ],
+    );
+    cfg.security.seccomp_profile = Some(profile.to_string_lossy().into());
+    let (st, out) = env.run(&cfg).await;
+    assert_eq!(st.exit_code, Some(0), "{out}");
+    assert!(out.contains("Operation not permitted"), "{out}");
+    assert!(out.contains("rc=1") && out.contains("touch-ok"), "{out}");
+    // exec into the container runs under the same filter.
+    let mut cfg = env.config("nomkdir-exec", &["sleep", "100"]);
+    cfg.security.seccomp_profile = Some(profile.to_string_lossy().into());
+    let id = env.start(&cfg).await;
+    let o = env
+        .rt()
+        .exec_sync(
+            &id,
+            &[
+                "sh".into(),
+                "-c".into(),
+                "mkdir /tmp/e || echo denied".into(),
+            ],
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("denied"),
+        "{o:?}"
+    );
+    env.rt().remove_container(&id).await.unwrap();
+    // A profile that is not valid JSON is refused before anything is created.
+    std::fs::write(&profile, "{not json").unwrap();
+    let err = env
+        .rt()
+        .create_container(&env.sandbox, &cfg)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::InvalidArgument, "{err}");
+    assert!(err.to_string().contains("no-mkdir.json"), "{err}");
+    env.finish().await;
+}
