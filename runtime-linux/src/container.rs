@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::os::fd::{AsFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -34,6 +34,25 @@ pub struct CreateOptions {
     pub owned_dirs: Vec<PathBuf>,
     /// Write the init pid here.
     pub pid_file: Option<PathBuf>,
+    /// With `process.terminal`: the unix socket that receives the pty master
+    /// (`SCM_RIGHTS`, as runc's `--console-socket`).
+    pub console_socket: Option<PathBuf>,
+}
+
+/// A terminal for an exec'd process.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Terminal {
+    /// Initial size (columns, rows).
+    pub size: Option<(u16, u16)>,
+}
+
+/// Sends a pty master to a console socket the way runc does: the descriptor with the
+/// name of the device as payload.
+pub fn send_console(
+    stream: &std::os::unix::net::UnixStream,
+    master: &OwnedFd,
+) -> std::io::Result<()> {
+    crate::pty::send_fds(stream.as_fd(), b"/dev/ptmx", &[master.as_raw_fd()])
 }
 
 /// A container's state as the OCI runtime spec (and runc) report it.
@@ -217,6 +236,25 @@ impl Engine {
         cg_out: &mut Option<Cgroup>,
     ) -> Result<Record> {
         let linux = bundle.spec.linux().clone().unwrap_or_default();
+        let process = bundle.spec.process().as_ref().expect("validated");
+        let terminal = process.terminal().unwrap_or(false);
+        // The console socket is reached before anything is made.
+        let console = match (&opts.console_socket, terminal) {
+            (Some(path), true) => {
+                Some(std::os::unix::net::UnixStream::connect(path).map_err(|e| {
+                    Error::os(id, format!("connect console socket {}", path.display()), e)
+                })?)
+            }
+            (None, true) => {
+                return Err(Error::ConfigField {
+                    path: bundle.dir.join("config.json"),
+                    field: "process.terminal".into(),
+                    message: "a terminal needs a console socket to receive it (--console-socket)"
+                        .into(),
+                })
+            }
+            _ => None,
+        };
         // Plan first (pure checks), then the cgroup, then the process.
         let probe = plan::init_plan(
             id,
@@ -242,11 +280,33 @@ impl Engine {
         )?;
         plan.stdio = opts.stdio;
         plan.process.seccomp = seccomp;
+        plan.terminal = terminal;
+        plan.console_size = process.console_size().map(|b| {
+            (
+                b.width().min(u16::MAX as u64) as u16,
+                b.height().min(u16::MAX as u64) as u16,
+            )
+        });
         let fifo = sys::cstr(dir.fifo()).map_err(|e| Error::os(id, "fifo path", e))?;
         sys::mkfifo(&fifo, 0o600)
             .map_err(|e| Error::os(id, format!("mkfifo {}", dir.fifo().display()), e))?;
-        let Spawned { pid } = init::spawn(&plan)?;
+        let Spawned {
+            pid,
+            console: master,
+        } = init::spawn(&plan)?;
         let pid_start = state::proc_stat(pid).map(|(_, s)| s).unwrap_or(0);
+        if let (Some(stream), Some(master)) = (&console, &master) {
+            if let Err(e) = send_console(stream, master) {
+                let _ = sys::kill(pid, libc::SIGKILL);
+                let _ = sys::waitpid(pid);
+                return Err(Error::os(
+                    id,
+                    "send the pty master to the console socket",
+                    e,
+                ));
+            }
+        }
+        drop(master);
         let hooks = bundle.spec.hooks().clone().unwrap_or_default();
         let rec = Record {
             id: id.into(),
@@ -455,6 +515,7 @@ impl Engine {
         id: &str,
         process: ProcessPlan,
         stdio: [Option<RawFd>; 3],
+        terminal: Option<Terminal>,
     ) -> Result<Spawned> {
         let rec = self.record(id)?;
         let status = self.status(&rec);
@@ -471,6 +532,8 @@ impl Engine {
             join: plan::namespaces_of(rec.pid),
             process,
             stdio,
+            terminal: terminal.is_some(),
+            console_size: terminal.and_then(|t| t.size),
             ..InitPlan::default()
         };
         init::spawn(&plan)

@@ -125,14 +125,24 @@ pub struct InitPlan {
     pub stdio: [Option<RawFd>; 3],
     /// Make the process a session leader (the container's init).
     pub setsid: bool,
+    /// Give the process a new pty (made inside the container) as its stdio and
+    /// controlling terminal; the master comes back in [`Spawned::console`].
+    pub terminal: bool,
+    /// Initial window size of that pty (columns, rows).
+    pub console_size: Option<(u16, u16)>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 enum Msg {
     MapIds,
     Mapped,
-    Pid { pid: i32, intermediate: i32 },
+    Pid {
+        pid: i32,
+        intermediate: i32,
+    },
     Ready,
+    /// The pty master rides along (SCM_RIGHTS).
+    Console,
     Error(StepError),
 }
 
@@ -141,22 +151,23 @@ fn send(sock: &UnixDatagram, msg: &Msg) -> io::Result<()> {
     sock.send(&bytes).map(drop)
 }
 
-fn recv(sock: &UnixDatagram) -> io::Result<Option<Msg>> {
+fn recv(sock: &UnixDatagram) -> io::Result<Option<(Msg, Option<OwnedFd>)>> {
     let mut buf = vec![0u8; 64 * 1024];
-    let n = sock.recv(&mut buf)?;
+    let (n, mut fds) = crate::pty::recv_fds(sock.as_fd(), &mut buf)?;
     if n == 0 {
         return Ok(None);
     }
-    serde_json::from_slice(&buf[..n])
-        .map(Some)
-        .map_err(io::Error::other)
+    let msg = serde_json::from_slice(&buf[..n]).map_err(io::Error::other)?;
+    Ok(Some((msg, fds.pop())))
 }
 
 /// A started container (or exec) process as the parent sees it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub struct Spawned {
     /// Host pid of the container process.
     pub pid: i32,
+    /// The pty master, when the plan asked for a terminal.
+    pub console: Option<OwnedFd>,
 }
 
 /// Forks and sets up a container process per `plan`. Must be called from a
@@ -194,6 +205,7 @@ fn parent(plan: &InitPlan, c1: i32, sock: &UnixDatagram) -> Result<Spawned> {
     let mut pid = None;
     let mut intermediate = 0;
     let mut ready = false;
+    let mut console = None;
     let fail = |pid: Option<i32>, intermediate: i32, step: String, message: String| -> Error {
         for p in [Some(c1), pid].into_iter().flatten() {
             let _ = sys::kill(p, libc::SIGKILL);
@@ -220,7 +232,14 @@ fn parent(plan: &InitPlan, c1: i32, sock: &UnixDatagram) -> Result<Spawned> {
                 ))
             }
         };
+        let msg = msg.map(|(m, fd)| {
+            if let (Msg::Console, Some(fd)) = (&m, fd) {
+                console = Some(fd);
+            }
+            m
+        });
         match msg {
+            Some(Msg::Console) => {}
             Some(Msg::MapIds) => {
                 let r = write_id_maps(c1, &plan.uid_map, &plan.gid_map)
                     .and_then(|()| send(sock, &Msg::Mapped));
@@ -252,7 +271,15 @@ fn parent(plan: &InitPlan, c1: i32, sock: &UnixDatagram) -> Result<Spawned> {
                 // (no fifo) or died.
                 if plan.fifo.is_none() {
                     if let Some(p) = pid {
-                        return Ok(Spawned { pid: p });
+                        if plan.terminal && console.is_none() {
+                            return Err(fail(
+                                pid,
+                                intermediate,
+                                "terminal".into(),
+                                "the pty master did not arrive".into(),
+                            ));
+                        }
+                        return Ok(Spawned { pid: p, console });
                     }
                 }
                 return Err(fail(
@@ -265,7 +292,7 @@ fn parent(plan: &InitPlan, c1: i32, sock: &UnixDatagram) -> Result<Spawned> {
         }
         if ready {
             if let Some(p) = pid {
-                return Ok(Spawned { pid: p });
+                return Ok(Spawned { pid: p, console });
             }
         }
     }
@@ -308,7 +335,7 @@ fn child(plan: &InitPlan, sock: &UnixDatagram) -> StepResult<std::convert::Infal
         sys::unshare(libc::CLONE_NEWUSER).step(|| "create user namespace".into())?;
         send(sock, &Msg::MapIds).step(|| "request id maps".into())?;
         match recv(sock) {
-            Ok(Some(Msg::Mapped)) => {}
+            Ok(Some((Msg::Mapped, _))) => {}
             other => {
                 return Err(StepError {
                     step: "wait for id maps".into(),
@@ -382,6 +409,9 @@ fn container(plan: &InitPlan, sock: &UnixDatagram) -> StepResult<std::convert::I
         let path = format!("/proc/sys/{}", k.replace('.', "/"));
         std::fs::write(&path, v).step(|| format!("sysctl {k}={v}"))?;
     }
+    if plan.terminal {
+        setup_terminal(plan, sock)?;
+    }
     let exec = prepare_exec(&plan.process)?;
     if let Some(mut fifo) = fifo {
         send(sock, &Msg::Ready).step(|| "report ready".into())?;
@@ -404,6 +434,30 @@ fn container(plan: &InitPlan, sock: &UnixDatagram) -> StepResult<std::convert::I
         step: format!("exec {}", exec.path.to_string_lossy()),
         message: err.to_string(),
     })
+}
+
+/// Makes a pty in the container's devpts, sends its master to the parent and makes the
+/// slave this process's stdio and controlling terminal (in a new session).
+fn setup_terminal(plan: &InitPlan, sock: &UnixDatagram) -> StepResult<()> {
+    let (master, slave) = crate::pty::open().step(|| "open /dev/ptmx in the container".into())?;
+    if let Some((cols, rows)) = plan.console_size {
+        crate::pty::set_size(slave.as_fd(), cols, rows).step(|| "set terminal size".into())?;
+    }
+    // The user owns their terminal (what login and crun do).
+    sys::fchown(slave.as_fd(), plan.process.uid, plan.process.gid)
+        .step(|| "chown the terminal".into())?;
+    let msg = serde_json::to_vec(&Msg::Console).step(|| "encode console message".into())?;
+    crate::pty::send_fds(sock.as_fd(), &msg, &[master.as_raw_fd()])
+        .step(|| "send the pty master".into())?;
+    drop(master);
+    if !plan.setsid {
+        sys::setsid().step(|| "setsid for the terminal".into())?;
+    }
+    for i in 0..3 {
+        sys::dup_to(slave.as_raw_fd(), i).step(|| format!("terminal as fd {i}"))?;
+    }
+    crate::pty::set_controlling(slave.as_fd()).step(|| "set controlling terminal".into())?;
+    Ok(())
 }
 
 /// The program, argv and environment, resolved inside the container.

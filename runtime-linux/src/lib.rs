@@ -23,6 +23,7 @@ pub mod init;
 pub mod logs;
 pub mod monitor;
 pub mod plan;
+pub mod pty;
 pub mod rootfs;
 pub mod runtime;
 pub mod seccomp;

@@ -667,6 +667,7 @@ impl Monitor {
             overlay,
             owned_dirs,
             pid_file: None,
+            console_socket: None,
         };
         let rec = match self.engine.create(id, &bundle, &opts) {
             Ok(r) => r,
@@ -730,7 +731,7 @@ impl Monitor {
                     .map_or(devnull.as_raw_fd(), |(_, w)| w.as_raw_fd()),
             ),
         ];
-        let spawned = self.engine.exec(id, plan, stdio)?;
+        let spawned = self.engine.exec(id, plan, stdio, None)?;
         for (pair, stream) in [(out, Stream::Stdout), (err, Stream::Stderr)] {
             if let Some((r, w)) = pair {
                 drop(w);

@@ -358,3 +358,106 @@ fn seccomp_profile_of_config_json_is_applied() {
     let f: serde_json::Value = serde_json::from_slice(&runc(&state, &["features"]).stdout).unwrap();
     assert_eq!(f["linux"]["seccomp"]["enabled"], true);
 }
+
+/// Accepts one connection on `path` and returns the pty master sent over it.
+fn receive_console(listener: &std::os::unix::net::UnixListener) -> std::fs::File {
+    use std::os::fd::AsFd;
+    let (conn, _) = listener.accept().unwrap();
+    let mut buf = [0u8; 64];
+    let (n, mut fds) = wharf_runtime_linux::pty::recv_fds(conn.as_fd(), &mut buf).unwrap();
+    assert_eq!(&buf[..n], b"/dev/ptmx");
+    assert_eq!(fds.len(), 1);
+    std::fs::File::from(fds.remove(0))
+}
+
+/// Reads a pty master until the other side is gone (EIO) or `until` shows up.
+fn read_terminal(master: &mut std::fs::File, until: &str) -> String {
+    use std::io::Read;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&out).contains(until) {
+        match master.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).replace('\r', "")
+}
+
+#[test]
+fn terminal_goes_to_the_console_socket() {
+    let root = Root(TempDir::new("cli-tty"));
+    let state = root.0.path().join("state");
+    let b = root.0.path().join("b");
+    let mut spec = common::spec(&root.rootfs(), &["sh", "-c", "tty; stty size; sleep 100"]);
+    let mut p = spec.process().clone().unwrap();
+    p.set_terminal(Some(true));
+    p.set_console_size(Some(
+        oci_spec::runtime::BoxBuilder::default()
+            .height(30u64)
+            .width(100u64)
+            .build()
+            .unwrap(),
+    ));
+    spec.set_process(Some(p));
+    common::write_bundle(&b, &spec);
+    // Without a console socket a terminal cannot be handed out: a clear error.
+    let o = runc(&state, &["create", "--bundle", b.to_str().unwrap(), "t0"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("process.terminal"), "{}", text(&o));
+
+    let sock = root.0.path().join("console.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let o = runc_detached(
+        &state,
+        &[
+            "create",
+            "--bundle",
+            b.to_str().unwrap(),
+            "--console-socket",
+            sock.to_str().unwrap(),
+            "t1",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let mut master = receive_console(&listener);
+    let o = runc(&state, &["start", "t1"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = read_terminal(&mut master, "30 100");
+    assert!(out.contains("/dev/pts/0"), "{out}");
+    assert!(out.contains("30 100"), "{out}");
+
+    // exec --tty gets a pty of its own in the container's devpts.
+    let exec = Command::new(env!("CARGO_BIN_EXE_wharf-runc"))
+        .arg("--root")
+        .arg(&state)
+        .args([
+            "exec",
+            "--tty",
+            "--console-socket",
+            sock.to_str().unwrap(),
+            "t1",
+        ])
+        .args(["sh", "-c", "tty; exit 5"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut emaster = receive_console(&listener);
+    let out = read_terminal(&mut emaster, "\u{0}");
+    let eo = exec.wait_with_output().unwrap();
+    assert_eq!(
+        eo.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&eo.stderr)
+    );
+    assert!(
+        out.trim().starts_with("/dev/pts/") && !out.contains("/dev/pts/0"),
+        "{out}"
+    );
+    let o = runc(&state, &["delete", "-f", "t1"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_nothing_left(&state);
+}

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use oci_spec::runtime::{LinuxCpu, LinuxPids, LinuxResources};
+use wharf_runtime_linux::container::Terminal;
 use wharf_runtime_linux::{sys, Bundle, CreateOptions, Engine, Error, Status};
 
 #[derive(Parser)]
@@ -133,7 +134,7 @@ enum Cmd {
         /// Write the pid here.
         #[arg(long = "pid-file")]
         pid_file: Option<PathBuf>,
-        /// Allocate a terminal (not supported yet).
+        /// Allocate a terminal (its master goes to --console-socket).
         #[arg(short, long)]
         tty: bool,
         /// Unix socket that receives the pty master.
@@ -344,17 +345,12 @@ fn run(cli: &Cli) -> Result<u8, Error> {
             detach,
             pid_file,
             tty,
-            console_socket: _,
+            console_socket,
             no_new_privs,
             preserve_fds,
         } => {
-            if *tty {
-                return Err(Error::Unsupported {
-                    id: id.clone(),
-                    message: "exec --tty is not implemented yet".into(),
-                });
-            }
             let mut p = engine.process_of(id)?;
+            let mut terminal = tty.then_some(Terminal::default());
             if let Some(file) = process {
                 let text = std::fs::read(file).map_err(|source| Error::ConfigRead {
                     path: file.clone(),
@@ -366,13 +362,41 @@ fn run(cli: &Cli) -> Result<u8, Error> {
                         message: e.to_string(),
                     })?;
                 let rec = engine.record(id)?;
+                let seccomp = p.seccomp.take();
                 p = wharf_runtime_linux::plan::process_plan(
                     id,
                     &rec.rootfs,
                     &proc,
                     wharf_runtime_linux::caps::host_bounding(),
                 )?;
+                p.seccomp = seccomp;
+                if proc.terminal() == Some(true) {
+                    terminal = Some(Terminal {
+                        size: proc.console_size().map(|b| {
+                            (
+                                b.width().min(u16::MAX as u64) as u16,
+                                b.height().min(u16::MAX as u64) as u16,
+                            )
+                        }),
+                    });
+                }
             }
+            // Reach the console socket before anything runs.
+            let console = match (terminal, console_socket) {
+                (Some(_), Some(path)) => {
+                    Some(std::os::unix::net::UnixStream::connect(path).map_err(|e| {
+                        Error::os(id, format!("connect console socket {}", path.display()), e)
+                    })?)
+                }
+                (Some(_), None) => {
+                    return Err(Error::ConfigField {
+                        path: "<command line>".into(),
+                        field: "tty".into(),
+                        message: "a terminal needs --console-socket to receive it".into(),
+                    })
+                }
+                _ => None,
+            };
             if !command.is_empty() {
                 p.args = command.clone();
             }
@@ -391,7 +415,19 @@ fn run(cli: &Cli) -> Result<u8, Error> {
             }
             p.no_new_privs |= *no_new_privs;
             p.preserve_fds = *preserve_fds;
-            let spawned = engine.exec(id, p, [None, None, None])?;
+            let spawned = engine.exec(id, p, [None, None, None], terminal)?;
+            if let (Some(stream), Some(master)) = (&console, &spawned.console) {
+                if let Err(e) = wharf_runtime_linux::container::send_console(stream, master) {
+                    let _ = sys::kill(spawned.pid, libc::SIGKILL);
+                    let _ = sys::waitpid(spawned.pid);
+                    return Err(Error::os(
+                        id,
+                        "send the pty master to the console socket",
+                        e,
+                    ));
+                }
+            }
+            drop(spawned.console);
             if let Some(f) = pid_file {
                 std::fs::write(f, spawned.pid.to_string())
                     .map_err(|e| Error::os(id, "write pid file", e))?;
@@ -530,22 +566,13 @@ const FORWARDED: [i32; 8] = [
 
 fn create(engine: &Engine, c: &CreateArgs) -> Result<wharf_runtime_linux::state::Record, Error> {
     let bundle = Bundle::load(&c.id, &c.bundle)?;
-    if bundle
-        .spec
-        .process()
-        .as_ref()
-        .and_then(|p| p.terminal())
-        .unwrap_or(false)
-        && c.console_socket.is_some()
-    {
-        return Err(Error::Unsupported { id: c.id.clone(), message: "terminal containers (--console-socket) are not implemented yet; set process.terminal to false".into() });
-    }
     let _ = (c.no_pivot, c.no_new_keyring, c.preserve_fds);
     engine.create(
         &c.id,
         &bundle,
         &CreateOptions {
             pid_file: c.pid_file.clone(),
+            console_socket: c.console_socket.clone(),
             ..CreateOptions::default()
         },
     )
