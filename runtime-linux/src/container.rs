@@ -40,7 +40,7 @@ pub struct CreateOptions {
 }
 
 /// A terminal for an exec'd process.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Terminal {
     /// Initial size (columns, rows).
     pub size: Option<(u16, u16)>,

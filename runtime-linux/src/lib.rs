@@ -27,6 +27,7 @@ pub mod pty;
 pub mod rootfs;
 pub mod runtime;
 pub mod seccomp;
+pub mod session;
 pub mod spec;
 pub mod state;
 pub mod sys;

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::container::{CreateOptions, Engine};
+use crate::container::{CreateOptions, Engine, Terminal};
 use crate::error::{Error, Result};
 use crate::init::ProcessPlan;
 use crate::logs::{CriLog, LogTarget, Stream};
@@ -94,6 +94,17 @@ pub enum Request {
         process: ExecProcess,
         /// Return stdout/stderr and the exit code.
         capture: bool,
+        /// Hand the process's stdio to the client: the `exec_started` reply carries,
+        /// by `SCM_RIGHTS`, the pty master (with `terminal`) or the read ends of
+        /// stdout and stderr followed, with `stdin`, by the write end of stdin.
+        #[serde(default)]
+        interactive: bool,
+        /// Give the process a pty (interactive only).
+        #[serde(default)]
+        terminal: Option<Terminal>,
+        /// Connect stdin (interactive, without a terminal).
+        #[serde(default)]
+        stdin: bool,
     },
     /// Create new namespaces (`flags`: CLONE_NEWNET/IPC/UTS) and pin them by bind
     /// mounts onto `dir/{net,ipc,uts}`, so they live without a process.
@@ -194,6 +205,15 @@ struct Client {
     buf: Vec<u8>,
     subscriber: bool,
     closed: bool,
+}
+
+/// How an exec's stdio is wired.
+#[derive(Debug, Clone, Copy)]
+struct ExecIo {
+    capture: bool,
+    interactive: bool,
+    terminal: Option<Terminal>,
+    stdin: bool,
 }
 
 enum Tracked {
@@ -614,12 +634,41 @@ impl Monitor {
                 id,
                 process,
                 capture,
-            } => match self.exec(key, &id, process, capture) {
-                Ok(pid) => Reply::ExecStarted { pid },
-                Err(e) => Reply::error(&e),
-            },
+                interactive,
+                terminal,
+                stdin,
+            } => {
+                let io = ExecIo {
+                    capture,
+                    interactive,
+                    terminal,
+                    stdin,
+                };
+                match self.exec(key, &id, process, io) {
+                    Ok((pid, fds)) if !fds.is_empty() => {
+                        return self.send_fds(key, &Reply::ExecStarted { pid }, fds)
+                    }
+                    Ok((pid, _)) => Reply::ExecStarted { pid },
+                    Err(e) => Reply::error(&e),
+                }
+            }
         };
         self.send(key, &reply);
+    }
+
+    /// Sends a reply with descriptors attached (they are closed here afterwards).
+    fn send_fds(&mut self, key: usize, reply: &Reply, fds: Vec<OwnedFd>) {
+        if let Some(c) = self.clients.get_mut(&key) {
+            let mut line = serde_json::to_vec(reply).expect("reply serialises");
+            line.push(b'\n');
+            let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+            let _ = c.stream.set_nonblocking(false);
+            let _ = c.stream.set_write_timeout(Some(Duration::from_secs(5)));
+            if crate::pty::send_fds(c.stream.as_fd(), &line, &raw).is_err() {
+                c.closed = true;
+            }
+            let _ = c.stream.set_nonblocking(true);
+        }
     }
 
     fn create(
@@ -693,7 +742,14 @@ impl Monitor {
         Ok(rec.pid)
     }
 
-    fn exec(&mut self, key: usize, id: &str, p: ExecProcess, capture: bool) -> Result<i32> {
+    fn exec(
+        &mut self,
+        key: usize,
+        id: &str,
+        p: ExecProcess,
+        io: ExecIo,
+    ) -> Result<(i32, Vec<OwnedFd>)> {
+        let capture = io.capture && !io.interactive;
         let mut plan: ProcessPlan = self.engine.process_of(id)?;
         plan.args = p.args;
         plan.env.extend(p.env);
@@ -712,7 +768,8 @@ impl Monitor {
             .write(true)
             .open("/dev/null")
             .map_err(|e| Error::os(id, "open /dev/null", e))?;
-        let (out, err) = if capture {
+        let piped = capture || (io.interactive && io.terminal.is_none());
+        let (out, err) = if piped {
             (
                 Some(sys::pipe().map_err(|e| Error::os(id, "pipe", e))?),
                 Some(sys::pipe().map_err(|e| Error::os(id, "pipe", e))?),
@@ -720,8 +777,17 @@ impl Monitor {
         } else {
             (None, None)
         };
+        let input = if io.interactive && io.stdin && io.terminal.is_none() {
+            Some(sys::pipe().map_err(|e| Error::os(id, "pipe", e))?)
+        } else {
+            None
+        };
         let stdio = [
-            Some(null.as_raw_fd()),
+            Some(
+                input
+                    .as_ref()
+                    .map_or(null.as_raw_fd(), |(r, _)| r.as_raw_fd()),
+            ),
             Some(
                 out.as_ref()
                     .map_or(devnull.as_raw_fd(), |(_, w)| w.as_raw_fd()),
@@ -731,7 +797,28 @@ impl Monitor {
                     .map_or(devnull.as_raw_fd(), |(_, w)| w.as_raw_fd()),
             ),
         ];
-        let spawned = self.engine.exec(id, plan, stdio, None)?;
+        let terminal = if io.interactive { io.terminal } else { None };
+        let spawned = self.engine.exec(id, plan, stdio, terminal)?;
+        if io.interactive {
+            // The client gets the streams; we only reap the process and report its end.
+            let mut fds: Vec<OwnedFd> = spawned.console.into_iter().collect();
+            for (r, w) in [out, err].into_iter().flatten() {
+                drop(w);
+                fds.push(r);
+            }
+            if let Some((r, w)) = input {
+                drop(r);
+                fds.push(w);
+            }
+            self.children.insert(
+                spawned.pid,
+                Tracked::Exec {
+                    client: key,
+                    capture: false,
+                },
+            );
+            return Ok((spawned.pid, fds));
+        }
         for (pair, stream) in [(out, Stream::Stdout), (err, Stream::Stderr)] {
             if let Some((r, w)) = pair {
                 drop(w);
@@ -761,7 +848,7 @@ impl Monitor {
                 capture,
             },
         );
-        Ok(spawned.pid)
+        Ok((spawned.pid, Vec::new()))
     }
 
     fn read_pipe(&mut self, fd: RawFd) {

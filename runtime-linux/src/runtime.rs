@@ -1240,6 +1240,9 @@ impl ContainerRuntime for LinuxRuntime {
                 ..Default::default()
             },
             capture: true,
+            interactive: false,
+            terminal: None,
+            stdin: false,
         };
         let (reply, mut reader) = self
             .inner
@@ -1300,13 +1303,156 @@ impl ContainerRuntime for LinuxRuntime {
         }
     }
 
-    async fn exec(&self, container_id: &str, _request: &ExecRequest) -> BackendResult<ExecSession> {
-        Err(BackendError::new(
-            ErrorKind::Unsupported,
-            "exec",
-            container_id,
-            "interactive exec is not implemented by the linux runtime yet; use exec_sync",
-        ))
+    async fn exec(&self, container_id: &str, request: &ExecRequest) -> BackendResult<ExecSession> {
+        let op = "exec";
+        if request.command.is_empty() {
+            return Err(invalid(op, container_id, "command is empty"));
+        }
+        let mut env: Vec<String> = request
+            .env
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        if request.tty && !request.env.iter().any(|(k, _)| k == "TERM") {
+            env.push("TERM=xterm".into());
+        }
+        let req = Request::Exec {
+            id: container_id.into(),
+            process: ExecProcess {
+                args: request.command.clone(),
+                env,
+                ..Default::default()
+            },
+            capture: false,
+            interactive: true,
+            terminal: request
+                .tty
+                .then_some(crate::container::Terminal { size: request.size }),
+            stdin: request.stdin,
+        };
+        let unavailable = |e: std::io::Error| {
+            BackendError::new(
+                ErrorKind::Unavailable,
+                op,
+                container_id,
+                format!("monitor: {e}"),
+            )
+        };
+        let mut stream = self
+            .inner
+            .monitor
+            .connect()
+            .await
+            .map_err(|e| backend(op, container_id, e))?;
+        let mut line = serde_json::to_vec(&req).expect("request serialises");
+        line.push(b'\n');
+        tokio::io::AsyncWriteExt::write_all(&mut stream, &line)
+            .await
+            .map_err(unavailable)?;
+        // The first reply carries descriptors: read it with recvmsg on a blocking socket.
+        let std_stream = stream.into_std().map_err(unavailable)?;
+        std_stream.set_nonblocking(false).map_err(unavailable)?;
+        let (reply, mut fds, rest, std_stream) = tokio::task::spawn_blocking(move || {
+            crate::session::read_reply_with_fds(&std_stream)
+                .map(|(r, f, rest)| (r, f, rest, std_stream))
+        })
+        .await
+        .map_err(|e| BackendError::new(ErrorKind::Internal, op, container_id, e.to_string()))?
+        .map_err(unavailable)?;
+        match reply {
+            Reply::ExecStarted { .. } => {}
+            Reply::Error { kind, message } => {
+                return Err(backend(
+                    op,
+                    container_id,
+                    client::reply_error(kind, message),
+                ))
+            }
+            other => {
+                return Err(BackendError::new(
+                    ErrorKind::Internal,
+                    op,
+                    container_id,
+                    format!("unexpected reply {other:?}"),
+                ))
+            }
+        }
+        let expected = if request.tty {
+            1
+        } else {
+            2 + usize::from(request.stdin)
+        };
+        if fds.len() != expected {
+            return Err(BackendError::new(
+                ErrorKind::Internal,
+                op,
+                container_id,
+                format!(
+                    "the monitor sent {} descriptors, expected {expected}",
+                    fds.len()
+                ),
+            ));
+        }
+        let wrap = |fd: std::os::fd::OwnedFd| {
+            crate::session::FdStream::new(fd).map_err(|e| {
+                BackendError::new(ErrorKind::Internal, op, container_id, e.to_string())
+            })
+        };
+        let mut session = ExecSession {
+            stdin: None,
+            stdout: None,
+            stderr: None,
+            resize: None,
+            wait: Box::pin(async { Ok(0) }),
+        };
+        if request.tty {
+            let master = fds.remove(0);
+            let dup = |fd: &std::os::fd::OwnedFd| {
+                fd.try_clone().map_err(|e| {
+                    BackendError::new(ErrorKind::Internal, op, container_id, e.to_string())
+                })
+            };
+            session.resize = Some(crate::session::resize_task(dup(&master)?));
+            if request.stdin {
+                session.stdin = Some(Box::pin(wrap(dup(&master)?)?));
+            }
+            session.stdout = Some(Box::pin(wrap(master)?));
+        } else {
+            let mut it = fds.into_iter();
+            session.stdout = it.next().map(wrap).transpose()?.map(|s| Box::pin(s) as _);
+            session.stderr = it.next().map(wrap).transpose()?.map(|s| Box::pin(s) as _);
+            session.stdin = it.next().map(wrap).transpose()?.map(|s| Box::pin(s) as _);
+        }
+        std_stream.set_nonblocking(true).map_err(unavailable)?;
+        let stream = tokio::net::UnixStream::from_std(std_stream).map_err(unavailable)?;
+        let id = container_id.to_string();
+        session.wait = Box::pin(async move {
+            let mut reader = tokio::io::BufReader::new(tokio::io::AsyncReadExt::chain(
+                std::io::Cursor::new(rest),
+                stream,
+            ));
+            let mut line = String::new();
+            loop {
+                line.clear();
+                let n = tokio::io::AsyncBufReadExt::read_line(&mut reader, &mut line)
+                    .await
+                    .map_err(|e| {
+                        BackendError::new(ErrorKind::Unavailable, "exec", &id, e.to_string())
+                    })?;
+                if n == 0 {
+                    return Err(BackendError::new(
+                        ErrorKind::Unavailable,
+                        "exec",
+                        &id,
+                        "the monitor closed the session before the process ended",
+                    ));
+                }
+                if let Ok(Reply::ExecDone { code, .. }) = serde_json::from_str(&line) {
+                    return Ok(code);
+                }
+            }
+        });
+        Ok(session)
     }
 
     async fn attach(&self, container_id: &str) -> BackendResult<ExecSession> {

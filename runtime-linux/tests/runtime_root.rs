@@ -572,3 +572,89 @@ async fn seccomp_localhost_profile_denies_mkdir() {
     assert!(err.to_string().contains("no-mkdir.json"), "{err}");
     env.finish().await;
 }
+
+/// Reads `r` until `until` appears or the stream ends.
+async fn read_until<R: tokio::io::AsyncRead + Unpin + ?Sized>(r: &mut R, until: &str) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&out)
+        .replace('\r', "")
+        .contains(until)
+    {
+        match tokio::time::timeout(Duration::from_secs(10), r.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => out.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&out).replace('\r', "")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn interactive_exec_with_and_without_tty() {
+    use tokio::io::AsyncWriteExt;
+    use wharf_core::backend::runtime::ExecRequest;
+    let env = Env::new("exec-tty").await;
+    let id = env.start(&env.config("sleeper", &["sleep", "100"])).await;
+
+    let mut s = env
+        .rt()
+        .exec(
+            &id,
+            &ExecRequest {
+                command: vec!["sh".into()],
+                tty: true,
+                stdin: true,
+                size: Some((80, 24)),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let (mut stdin, mut out) = (s.stdin.take().unwrap(), s.stdout.take().unwrap());
+    assert!(s.stderr.is_none());
+    // The terminal echoes input: the marker is computed so only the output matches.
+    stdin
+        .write_all(b"tty; stty size; echo mark$((1+1))\n")
+        .await
+        .unwrap();
+    let first = read_until(&mut out, "mark2\n").await;
+    assert!(first.contains("/dev/pts/"), "{first}");
+    assert!(first.contains("24 80"), "{first}");
+    s.resize.as_ref().unwrap().send((100, 40)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stdin.write_all(b"stty size; exit 3\n").await.unwrap();
+    let second = read_until(&mut out, "\u{0}").await;
+    assert!(second.contains("40 100"), "{second}");
+    assert_eq!(s.wait.await.unwrap(), 3);
+
+    let mut s = env
+        .rt()
+        .exec(
+            &id,
+            &ExecRequest {
+                command: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "read x; echo got $x; echo oops >&2; exit 4".into(),
+                ],
+                stdin: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(s.resize.is_none());
+    let mut stdin = s.stdin.take().unwrap();
+    stdin.write_all(b"hello\n").await.unwrap();
+    drop(stdin);
+    let out = read_until(s.stdout.as_mut().unwrap(), "\u{0}").await;
+    let err = read_until(s.stderr.as_mut().unwrap(), "\u{0}").await;
+    assert_eq!(out, "got hello\n");
+    assert_eq!(err, "oops\n");
+    assert_eq!(s.wait.await.unwrap(), 4);
+    // sleep as pid 1 ignores SIGTERM: kill it rather than wait out the stop grace.
+    env.rt().kill_container(&id, libc::SIGKILL).await.unwrap();
+    env.rt().remove_container(&id).await.unwrap();
+    env.finish().await;
+}
