@@ -14,6 +14,8 @@
 
 mod real;
 mod sim;
+#[path = "../support/mod.rs"]
+mod support;
 mod table;
 
 use std::path::PathBuf;
