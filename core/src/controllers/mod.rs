@@ -6,8 +6,10 @@
 //!
 //! [`Reconciler`]: crate::controller::Reconciler
 
+pub mod cronjob;
 pub mod deployment;
 pub mod endpoints;
+pub mod events;
 pub mod garbage_collector;
 pub mod job;
 pub mod node_lifecycle;
@@ -64,6 +66,7 @@ impl ControllerManager {
         manager.add(endpoints::EndpointsController::controller());
         manager.add(endpoints::EndpointSliceController::controller());
         manager.add(job::JobController::controller());
+        manager.add(cronjob::CronJobController::controller());
         manager.add(node_lifecycle::NodeLifecycleController::controller());
         let gc = garbage_collector::GarbageCollector::new();
         manager
