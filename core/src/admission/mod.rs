@@ -265,4 +265,8 @@ impl<S: Store> Store for AdmittingStore<S> {
     async fn current_resource_version(&self) -> Result<u64> {
         self.inner.current_resource_version().await
     }
+
+    async fn kinds(&self) -> Result<Vec<Kind>> {
+        self.inner.kinds().await
+    }
 }

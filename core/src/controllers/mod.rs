@@ -12,6 +12,7 @@ pub mod endpoints;
 pub mod events;
 pub mod garbage_collector;
 pub mod job;
+pub mod namespace;
 pub mod node_lifecycle;
 pub mod ownership;
 pub mod pod_state;
@@ -67,6 +68,7 @@ impl ControllerManager {
         manager.add(endpoints::EndpointSliceController::controller());
         manager.add(job::JobController::controller());
         manager.add(cronjob::CronJobController::controller());
+        manager.add(namespace::NamespaceController::controller());
         manager.add(node_lifecycle::NodeLifecycleController::controller());
         let gc = garbage_collector::GarbageCollector::new();
         manager

@@ -35,7 +35,9 @@ use crate::store::{
     WatchOptions, WatchStream,
 };
 
-pub use self::meta::{DEFAULT_POD_GRACE_SECONDS, FOREGROUND_FINALIZER, ORPHAN_FINALIZER};
+pub use self::meta::{
+    DEFAULT_POD_GRACE_SECONDS, FOREGROUND_FINALIZER, NAMESPACE_FINALIZER, ORPHAN_FINALIZER,
+};
 
 /// Tuning of a [`MemoryStore`].
 #[derive(Clone, Debug)]
@@ -276,7 +278,7 @@ impl MemoryStore {
             // Nothing changed: no new resourceVersion and no event, as the API server does.
             return Ok(old);
         }
-        if meta::finalized(old.meta(), new.meta()) {
+        if meta::finalized(&old, &new) {
             return Ok(shared.commit(state, &kind, ChangeType::Deleted, new, Some(old)));
         }
         Ok(shared.commit(state, &kind, ChangeType::Modified, new, Some(old)))
@@ -309,7 +311,20 @@ impl Store for MemoryStore {
             object.meta_mut().name = Some(shared.rng.generated_name(prefix));
         }
         meta::prepare_create(&mut object, &kind, &shared.rng, shared.options.clock.now())?;
+        meta::prepare_namespace(&mut object);
         let state = shared.write();
+        if let Some(ns) = object.namespace().filter(|_| kind.is_namespaced()) {
+            let terminating = state
+                .get(&Kind::Namespace, None, ns)
+                .is_some_and(|n| n.meta().deletion_timestamp.is_some());
+            if terminating {
+                return Err(StoreError::NamespaceTerminating {
+                    kind: kind.name().to_string(),
+                    namespace: ns.to_string(),
+                    name: object.name().to_string(),
+                });
+            }
+        }
         let mut tries = 1;
         while state
             .get(&kind, object.namespace(), object.name())
@@ -399,7 +414,8 @@ impl Store for MemoryStore {
                 changed = true;
             }
         }
-        let finalizers = m.finalizers.as_ref().is_some_and(|f| !f.is_empty());
+        let finalizers =
+            m.finalizers.as_ref().is_some_and(|f| !f.is_empty()) || meta::has_spec_finalizers(&old);
         let remaining = old.meta().deletion_grace_period_seconds;
         // A second delete may shorten a pod's grace period, never extend it.
         if remaining.is_none_or(|r| grace < r) {
@@ -408,6 +424,7 @@ impl Store for MemoryStore {
                 return Ok(Deleted::Gone(gone));
             }
             meta::mark_deleted(m, now, grace);
+            meta::mark_namespace_terminating(&mut new);
             changed = true;
         }
         if !changed {
@@ -469,5 +486,18 @@ impl Store for MemoryStore {
 
     async fn current_resource_version(&self) -> Result<u64> {
         Ok(self.shared.read().rv)
+    }
+
+    async fn kinds(&self) -> Result<Vec<Kind>> {
+        let state = self.shared.read();
+        let mut kinds = Kind::BUILTIN.to_vec();
+        kinds.extend(
+            state
+                .kinds
+                .keys()
+                .filter(|k| matches!(k, Kind::Custom(_)))
+                .cloned(),
+        );
+        Ok(kinds)
     }
 }

@@ -10,6 +10,11 @@
 //!   [`StoreError::Conflict`]; without one it is an unconditional write. `update` ignores
 //!   changes to `status`, `update_status` ignores changes to everything but `status`.
 //!   `generation` is bumped when anything but `metadata` and `status` changes;
+//! - a Namespace is created with the `kubernetes` finalizer in `spec.finalizers` and
+//!   `status.phase: Active`; deleting it marks it (`deletionTimestamp`, phase `Terminating`)
+//!   until the namespace controller has emptied it and removed its `spec.finalizers` with an
+//!   `update` (the API server's `/finalize`). Creating an object in a Terminating namespace
+//!   fails with [`StoreError::NamespaceTerminating`];
 //! - `delete` of an object with finalizers, or of a Pod bound to a node with a grace period
 //!   (pods are deleted gracefully: the node agent stops the containers and then deletes with a
 //!   zero grace period), sets `deletionTimestamp` instead of removing it; an update that
@@ -84,6 +89,17 @@ pub enum StoreError {
         field: String,
         /// What was expected.
         message: String,
+    },
+    /// The object cannot be created: its namespace is being deleted (Kubernetes' 403
+    /// `NamespaceTerminating`).
+    #[error("cannot create {kind} {name:?} in namespace {namespace:?}: the namespace is being terminated")]
+    NamespaceTerminating {
+        /// Kind of the object.
+        kind: String,
+        /// The terminating namespace.
+        namespace: String,
+        /// Name of the object.
+        name: String,
     },
     /// The requested resourceVersion is older than the history the store keeps.
     #[error("resourceVersion {requested} is too old (oldest retained is {oldest}): list again and watch from the list's resourceVersion")]
@@ -305,6 +321,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// The store's current resourceVersion.
     async fn current_resource_version(&self) -> Result<u64>;
+
+    /// The kinds the store may hold objects of (what the namespace controller empties a
+    /// namespace of). The default is every built-in kind; a store that keeps custom kinds
+    /// should add those it holds.
+    async fn kinds(&self) -> Result<Vec<Kind>> {
+        Ok(Kind::BUILTIN.to_vec())
+    }
 }
 
 /// A typed client over a [`Store`] for one kind, optionally bound to a namespace.

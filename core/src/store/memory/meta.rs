@@ -317,13 +317,56 @@ pub fn check_uid(kind: &Kind, old: &ObjectMeta, new: &ObjectMeta) -> Result<()> 
 }
 
 /// Whether an update that produced `new` from `old` removes the object: its last finalizer
-/// went away while it was marked for deletion with no grace period left (the API server's
-/// rule: a pod still in its grace period stays until it is deleted with grace 0).
-pub fn finalized(old: &ObjectMeta, new: &ObjectMeta) -> bool {
-    old.deletion_timestamp.is_some()
-        && old.deletion_grace_period_seconds == Some(0)
-        && old.finalizers.as_ref().is_some_and(|f| !f.is_empty())
-        && new.finalizers.as_ref().is_none_or(|f| f.is_empty())
+/// (for a Namespace, counting `spec.finalizers` too) went away while it was marked for
+/// deletion with no grace period left (the API server's rule: a pod still in its grace period
+/// stays until it is deleted with grace 0).
+pub fn finalized(old: &Object, new: &Object) -> bool {
+    let pending = |o: &Object| {
+        o.meta().finalizers.as_ref().is_some_and(|f| !f.is_empty()) || has_spec_finalizers(o)
+    };
+    old.meta().deletion_timestamp.is_some()
+        && old.meta().deletion_grace_period_seconds == Some(0)
+        && pending(old)
+        && !pending(new)
+}
+
+/// The finalizer in a new Namespace's `spec.finalizers`: the namespace controller removes it
+/// once everything in the namespace is gone.
+pub const NAMESPACE_FINALIZER: &str = "kubernetes";
+
+/// Whether `object` is a Namespace with `spec.finalizers` left.
+pub fn has_spec_finalizers(object: &Object) -> bool {
+    match object {
+        Object::Namespace(ns) => ns
+            .spec
+            .as_ref()
+            .and_then(|s| s.finalizers.as_ref())
+            .is_some_and(|f| !f.is_empty()),
+        _ => false,
+    }
+}
+
+/// What the API server sets on a new Namespace: the `kubernetes` finalizer and phase Active.
+pub fn prepare_namespace(object: &mut Object) {
+    let Object::Namespace(ns) = object else {
+        return;
+    };
+    let finalizers = ns
+        .spec
+        .get_or_insert_with(Default::default)
+        .finalizers
+        .get_or_insert_with(Vec::new);
+    if !finalizers.iter().any(|f| f == NAMESPACE_FINALIZER) {
+        finalizers.push(NAMESPACE_FINALIZER.to_string());
+    }
+    ns.status.get_or_insert_with(Default::default).phase = Some("Active".into());
+}
+
+/// A Namespace marked for deletion shows phase Terminating.
+pub fn mark_namespace_terminating(object: &mut Object) {
+    if let Object::Namespace(ns) = object {
+        ns.status.get_or_insert_with(Default::default).phase = Some("Terminating".into());
+    }
 }
 
 /// The grace period a delete gives `object`: pods bound to a node and not finished get the
