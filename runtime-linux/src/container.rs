@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use crate::cgroup::{self, Cgroup};
 use crate::error::{Error, Result};
-use crate::init::{self, InitPlan, ProcessPlan, Spawned};
+use crate::init::{self, InitHooks, InitPlan, ProcessPlan, Spawned};
 use crate::plan;
 use crate::rootfs::Overlay;
 use crate::spec::{check_id, Bundle};
@@ -290,10 +290,47 @@ impl Engine {
         let fifo = sys::cstr(dir.fifo()).map_err(|e| Error::os(id, "fifo path", e))?;
         sys::mkfifo(&fifo, 0o600)
             .map_err(|e| Error::os(id, format!("mkfifo {}", dir.fifo().display()), e))?;
+        let hooks = bundle.spec.hooks().clone().unwrap_or_default();
+        let created = state::now_nanos();
+        let hook_state = ContainerState {
+            oci_version: "1.2.0".into(),
+            id: id.into(),
+            status: Status::Creating,
+            pid: 0,
+            bundle: bundle.dir.clone(),
+            rootfs: bundle.rootfs.clone(),
+            created: state::rfc3339(created),
+            annotations: bundle.spec.annotations().clone().unwrap_or_default(),
+            exit: None,
+            created_unix_nanos: created,
+        };
+        let runtime_hooks: Vec<(&'static str, Hook)> = [
+            ("prestart", hooks.prestart()),
+            ("createRuntime", hooks.create_runtime()),
+        ]
+        .into_iter()
+        .flat_map(|(kind, list)| list.iter().flatten().map(move |h| (kind, h.clone())))
+        .collect();
+        plan.hooks = InitHooks {
+            pause_before_pivot: !runtime_hooks.is_empty(),
+            create_container: hooks.create_container().clone().unwrap_or_default(),
+            start_container: hooks.start_container().clone().unwrap_or_default(),
+            state: Some(hook_state.clone()),
+        };
+        // prestart and createRuntime run in the runtime's namespaces once the
+        // container's namespaces and mounts exist, before its pivot_root.
         let Spawned {
             pid,
             console: master,
-        } = init::spawn(&plan)?;
+        } = init::spawn_with(&plan, &mut |pid| {
+            let st = ContainerState {
+                pid,
+                ..hook_state.clone()
+            };
+            runtime_hooks
+                .iter()
+                .try_for_each(|(kind, h)| run_hook(id, kind, h, &st))
+        })?;
         let pid_start = state::proc_stat(pid).map(|(_, s)| s).unwrap_or(0);
         if let (Some(stream), Some(master)) = (&console, &master) {
             if let Err(e) = send_console(stream, master) {
@@ -307,14 +344,13 @@ impl Engine {
             }
         }
         drop(master);
-        let hooks = bundle.spec.hooks().clone().unwrap_or_default();
         let rec = Record {
             id: id.into(),
             bundle: bundle.dir.clone(),
             rootfs: bundle.rootfs.clone(),
             pid,
             pid_start,
-            created_unix_nanos: state::now_nanos(),
+            created_unix_nanos: created,
             cgroup: cg,
             annotations: bundle.spec.annotations().clone().unwrap_or_default(),
             owned_dirs: opts.owned_dirs.clone(),
@@ -325,17 +361,6 @@ impl Engine {
         if let Some(p) = &opts.pid_file {
             std::fs::write(p, pid.to_string())
                 .map_err(|e| Error::os(id, format!("write pid file {}", p.display()), e))?;
-        }
-        // prestart and createRuntime run in the runtime's namespaces once the container
-        // exists and before its program starts.
-        let oci = self.state_of(&rec);
-        for (kind, list) in [
-            ("prestart", hooks.prestart()),
-            ("createRuntime", hooks.create_runtime()),
-        ] {
-            for h in list.iter().flatten() {
-                run_hook(id, kind, h, &oci)?;
-            }
         }
         Ok(rec)
     }

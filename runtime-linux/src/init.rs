@@ -28,10 +28,14 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use oci_spec::runtime::Hook;
+
 use crate::caps::CapMasks;
+use crate::container::{run_hook, ContainerState};
 use crate::error::{Error, Result};
 use crate::rootfs::{self, RootfsPlan};
 use crate::seccomp::Filter;
+use crate::state::Status;
 use crate::sys::{self, cstr, Fork};
 
 /// A failed setup step inside the child.
@@ -130,6 +134,30 @@ pub struct InitPlan {
     pub terminal: bool,
     /// Initial window size of that pty (columns, rows).
     pub console_size: Option<(u16, u16)>,
+    /// OCI hooks run by or around the container process.
+    pub hooks: InitHooks,
+}
+
+/// The hooks of a container's own process (not of an exec).
+#[derive(Debug, Clone, Default)]
+pub struct InitHooks {
+    /// Stop before the pivot and let the parent run prestart/createRuntime hooks (in
+    /// the runtime's namespaces) through the callback of [`spawn_with`].
+    pub pause_before_pivot: bool,
+    /// Run in the container's namespaces after the mounts, before the pivot (the
+    /// hook's path resolves in the runtime's filesystem).
+    pub create_container: Vec<Hook>,
+    /// Run in the container right before the user's program (path resolved in the
+    /// container).
+    pub start_container: Vec<Hook>,
+    /// The OCI state passed to the hooks (pid filled in by the container process).
+    pub state: Option<ContainerState>,
+}
+
+impl InitHooks {
+    fn any_in_container(&self) -> bool {
+        !self.create_container.is_empty() || !self.start_container.is_empty()
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -143,6 +171,10 @@ enum Msg {
     Ready,
     /// The pty master rides along (SCM_RIGHTS).
     Console,
+    /// Mounts are done, the root is not pivoted: run the runtime-side hooks now.
+    BeforePivot,
+    /// The runtime-side hooks succeeded.
+    Continue,
     Error(StepError),
 }
 
@@ -175,6 +207,16 @@ pub struct Spawned {
 /// Returns once the process is ready (waiting on its fifo) or, without a fifo, has
 /// exec'd.
 pub fn spawn(plan: &InitPlan) -> Result<Spawned> {
+    spawn_with(plan, &mut |_| Ok(()))
+}
+
+/// Like [`spawn`]; with `plan.hooks.pause_before_pivot`, `before_pivot(pid)` runs while
+/// the container process waits between its mounts and its pivot (for prestart and
+/// createRuntime hooks). Its error aborts the container.
+pub fn spawn_with(
+    plan: &InitPlan,
+    before_pivot: &mut dyn FnMut(i32) -> Result<()>,
+) -> Result<Spawned> {
     let (parent_sock, child_sock) =
         sys::seqpacket_pair().map_err(|e| Error::os(&plan.id, "socketpair", e))?;
     let parent_sock = UnixDatagram::from(parent_sock);
@@ -191,7 +233,7 @@ pub fn spawn(plan: &InitPlan) -> Result<Spawned> {
         }
         Fork::Parent(c1) => {
             drop(child_sock);
-            let res = parent(plan, c1, &parent_sock);
+            let res = parent(plan, c1, &parent_sock, before_pivot);
             if let Err(e) = &res {
                 tracing::debug!(id = %plan.id, error = %e, "container setup failed");
             }
@@ -200,7 +242,12 @@ pub fn spawn(plan: &InitPlan) -> Result<Spawned> {
     }
 }
 
-fn parent(plan: &InitPlan, c1: i32, sock: &UnixDatagram) -> Result<Spawned> {
+fn parent(
+    plan: &InitPlan,
+    c1: i32,
+    sock: &UnixDatagram,
+    before_pivot: &mut dyn FnMut(i32) -> Result<()>,
+) -> Result<Spawned> {
     let _ = sock.set_read_timeout(Some(Duration::from_secs(60)));
     let mut pid = None;
     let mut intermediate = 0;
@@ -240,6 +287,32 @@ fn parent(plan: &InitPlan, c1: i32, sock: &UnixDatagram) -> Result<Spawned> {
         });
         match msg {
             Some(Msg::Console) => {}
+            Some(Msg::BeforePivot) => {
+                let r = match pid {
+                    Some(p) => before_pivot(p),
+                    None => Err(Error::Init {
+                        id: plan.id.clone(),
+                        step: "hooks".into(),
+                        message: "no pid reported before the pivot".into(),
+                    }),
+                };
+                if let Err(e) = r {
+                    let (step, message) = match e {
+                        Error::Init { step, message, .. } => (step, message),
+                        other => ("hooks".to_string(), other.to_string()),
+                    };
+                    return Err(fail(pid, intermediate, step, message));
+                }
+                if let Err(e) = send(sock, &Msg::Continue) {
+                    return Err(fail(
+                        pid,
+                        intermediate,
+                        "resume setup".into(),
+                        e.to_string(),
+                    ));
+                }
+            }
+            Some(Msg::Continue) => {}
             Some(Msg::MapIds) => {
                 let r = write_id_maps(c1, &plan.uid_map, &plan.gid_map)
                     .and_then(|()| send(sock, &Msg::Mapped));
@@ -396,8 +469,44 @@ fn container(plan: &InitPlan, sock: &UnixDatagram) -> StepResult<std::convert::I
         ),
         None => None,
     };
+    // Hooks get the pid as the runtime sees it: read it while /proc is still the
+    // runtime's (before the pivot).
+    let host_pid = if plan.hooks.any_in_container() {
+        std::fs::read_link("/proc/self")
+            .ok()
+            .and_then(|p| p.to_str()?.parse::<i32>().ok())
+    } else {
+        None
+    };
+    let hook_state = |status: Status| {
+        plan.hooks.state.clone().map(|mut s| {
+            s.pid = host_pid.unwrap_or(0);
+            s.status = status;
+            s
+        })
+    };
     if let Some(r) = &plan.rootfs {
-        rootfs::setup(r)?;
+        rootfs::setup(r, || {
+            if plan.hooks.pause_before_pivot {
+                send(sock, &Msg::BeforePivot).step(|| "ask for createRuntime hooks".into())?;
+                match recv(sock) {
+                    Ok(Some((Msg::Continue, _))) => {}
+                    other => {
+                        return Err(StepError {
+                            step: "wait for createRuntime hooks".into(),
+                            message: format!("{:?}", other.map(|o| o.map(|(m, _)| m))),
+                        })
+                    }
+                }
+            }
+            if let Some(state) = hook_state(Status::Creating) {
+                for h in &plan.hooks.create_container {
+                    run_hook(&plan.id, "createContainer", h, &state)
+                        .step(|| format!("createContainer hook {}", h.path().display()))?;
+                }
+            }
+            Ok(())
+        })?;
     }
     if let Some(h) = &plan.hostname {
         sys::sethostname(h).step(|| format!("set hostname {h:?}"))?;
@@ -425,6 +534,12 @@ fn container(plan: &InitPlan, sock: &UnixDatagram) -> StepResult<std::convert::I
             }
         }
         drop(fifo);
+    }
+    if let Some(state) = hook_state(Status::Created) {
+        for h in &plan.hooks.start_container {
+            run_hook(&plan.id, "startContainer", h, &state)
+                .step(|| format!("startContainer hook {}", h.path().display()))?;
+        }
     }
     load_seccomp_late(&plan.process)?;
     sys::cloexec_from(3 + plan.process.preserve_fds)

@@ -250,7 +250,7 @@ fn mount_at(
 
 /// Builds the container's filesystem view and pivots into it. Returns with `/` being
 /// the container's root and the working directory `/`.
-pub fn setup(plan: &RootfsPlan) -> StepResult<()> {
+pub fn setup(plan: &RootfsPlan, before_pivot: impl FnOnce() -> StepResult<()>) -> StepResult<()> {
     // Nothing done below may propagate back to the host.
     sys::mount(None, c"/", None, libc::MS_SLAVE | libc::MS_REC, None)
         .step(|| "make / rslave".into())?;
@@ -283,6 +283,8 @@ pub fn setup(plan: &RootfsPlan) -> StepResult<()> {
         mount_one(&root, plan, m).step(|| format!("mount {}", m.destination().display()))?;
     }
     setup_dev(&root, plan)?;
+    // createRuntime and createContainer hooks: mounts done, root not yet pivoted.
+    before_pivot()?;
 
     // pivot_root(".", ".") stacks the old root under the new one; detach it at once.
     std::env::set_current_dir(&plan.rootfs).step(|| "chdir to rootfs".into())?;

@@ -319,7 +319,7 @@ impl Inner {
     fn status_of(&self, s: &ContainerState) -> Option<ContainerStatus> {
         let meta: Meta = serde_json::from_str(s.annotations.get(META)?).ok()?;
         let state = match s.status {
-            Status::Created => CState::Created,
+            Status::Creating | Status::Created => CState::Created,
             Status::Running => CState::Running,
             Status::Paused => CState::Paused,
             Status::Stopped => CState::Exited,

@@ -19,6 +19,8 @@ pub const DEFAULT_ROOT: &str = "/run/wharf";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
+    /// Being set up (reported to createRuntime/createContainer hooks only).
+    Creating,
     /// Created, waiting for start.
     Created,
     /// The user program runs.
@@ -32,6 +34,7 @@ pub enum Status {
 impl std::fmt::Display for Status {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
+            Status::Creating => "creating",
             Status::Created => "created",
             Status::Running => "running",
             Status::Paused => "paused",

@@ -461,3 +461,69 @@ fn terminal_goes_to_the_console_socket() {
     assert!(o.status.success(), "{}", text(&o));
     assert_nothing_left(&state);
 }
+
+#[test]
+fn create_and_start_container_hooks_run_at_their_points() {
+    let root = Root(TempDir::new("cli-hooks"));
+    let b = root.0.path().join("b");
+    let out = root.0.path().join("hooks");
+    std::fs::create_dir_all(&out).unwrap();
+    let hook = |script: String| -> oci_spec::runtime::Hook {
+        oci_spec::runtime::HookBuilder::default()
+            .path("/bin/sh")
+            .args(vec!["sh".to_string(), "-c".to_string(), script])
+            .timeout(10)
+            .build()
+            .unwrap()
+    };
+    let o = out.display();
+    let mut spec = common::spec(&root.rootfs(), &["sh", "-c", "cat /tmp/started-by-hook"]);
+    spec.set_hooks(Some(
+        oci_spec::runtime::HooksBuilder::default()
+            // Runtime namespaces: the state on stdin says "creating".
+            .create_runtime(vec![hook(format!("cat > {o}/create-runtime.json"))])
+            // Container namespaces, runtime filesystem (before the pivot).
+            .create_container(vec![hook(format!(
+                "cat > {o}/create-container.json; readlink /proc/self/ns/mnt > {o}/create-container.mnt"
+            ))])
+            // Inside the container, right before the program: the path is the rootfs's.
+            .start_container(vec![hook("echo started > /tmp/started-by-hook".into())])
+            .build()
+            .unwrap(),
+    ));
+    common::write_bundle(&b, &spec);
+    let state = root.0.path().join("state");
+    let r = runc(&state, &["run", "--bundle", b.to_str().unwrap(), "h1"]);
+    assert_eq!(r.status.code(), Some(0), "{}", text(&r));
+    assert_eq!(String::from_utf8_lossy(&r.stdout), "started\n");
+    let read = |f: &str| std::fs::read_to_string(out.join(f)).unwrap();
+    let cr: serde_json::Value = serde_json::from_str(&read("create-runtime.json")).unwrap();
+    assert_eq!(cr["status"], "creating");
+    assert_eq!(cr["id"], "h1");
+    assert!(cr["pid"].as_i64().unwrap() > 0);
+    let cc: serde_json::Value = serde_json::from_str(&read("create-container.json")).unwrap();
+    assert_eq!(
+        cc["pid"], cr["pid"],
+        "both hooks see the runtime's view of the pid"
+    );
+    let host_mnt = std::fs::read_link("/proc/self/ns/mnt").unwrap();
+    assert_ne!(
+        read("create-container.mnt").trim(),
+        host_mnt.to_string_lossy(),
+        "createContainer runs in the container's mount namespace"
+    );
+
+    // A failing createContainer hook fails create and leaves nothing behind.
+    let mut spec = common::spec(&root.rootfs(), &["true"]);
+    spec.set_hooks(Some(
+        oci_spec::runtime::HooksBuilder::default()
+            .create_container(vec![hook("echo no >&2; exit 7".into())])
+            .build()
+            .unwrap(),
+    ));
+    common::write_bundle(&b, &spec);
+    let r = runc(&state, &["create", "--bundle", b.to_str().unwrap(), "h2"]);
+    assert!(!r.status.success());
+    assert!(text(&r).contains("createContainer hook"), "{}", text(&r));
+    assert_nothing_left(&state);
+}

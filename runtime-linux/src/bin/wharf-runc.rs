@@ -646,7 +646,7 @@ fn features() -> serde_json::Value {
     serde_json::json!({
         "ociVersionMin": "1.0.0",
         "ociVersionMax": "1.2.0",
-        "hooks": ["prestart", "createRuntime", "poststart", "poststop"],
+        "hooks": ["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"],
         "mountOptions": ["ro", "rw", "nosuid", "suid", "nodev", "dev", "noexec", "exec", "bind", "rbind",
             "private", "rprivate", "shared", "rshared", "slave", "rslave", "unbindable", "runbindable",
             "relatime", "norelatime", "strictatime", "nostrictatime", "noatime", "atime", "nodiratime",
