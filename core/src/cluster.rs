@@ -36,6 +36,7 @@ use crate::controllers::ControllerManager;
 use crate::manifest::{self, Applied, ManifestError};
 use crate::node::{Backends, NodeAgent, NodeConfig, NodeError, NodeHandle};
 use crate::object::Resource;
+use crate::pod_metrics::{PodMetrics, DEFAULT_RESOLUTION};
 use crate::scheduler::{Scheduler, SchedulerConfig, SchedulerMetrics};
 use crate::sim;
 use crate::store::memory::MemoryStore;
@@ -185,6 +186,7 @@ impl ClusterBuilder {
             .store
             .unwrap_or_else(|| Arc::new(MemoryStore::with_clock(clock)));
         let shutdown = CancellationToken::new();
+        let pod_metrics = Arc::new(PodMetrics::new());
         // Every CSI driver a node has can provision volumes for claims of its StorageClasses.
         let mut drivers: Vec<Arc<dyn VolumePlugin>> = Vec::new();
         let mut nodes = Vec::new();
@@ -208,7 +210,8 @@ impl ClusterBuilder {
             nodes.push((config, backends));
         }
         let controllers = self.controllers.then(|| {
-            let mut manager = ControllerManager::start(store.clone(), clock);
+            let mut manager =
+                ControllerManager::start_with_metrics(store.clone(), clock, pod_metrics.clone());
             manager.add(PersistentVolumeClaimController::controller(drivers.clone()));
             manager.add(PersistentVolumeController::controller(drivers));
             manager
@@ -235,6 +238,7 @@ impl ClusterBuilder {
             scheduler_metrics,
             nodes: Vec::new(),
             shutdown,
+            pod_metrics,
         };
         for (config, backends) in nodes {
             cluster.add_node(config, backends).await?;
@@ -253,6 +257,7 @@ pub struct Cluster {
     scheduler_metrics: Option<Arc<SchedulerMetrics>>,
     nodes: Vec<NodeHandle>,
     shutdown: CancellationToken,
+    pod_metrics: Arc<PodMetrics>,
 }
 
 impl Cluster {
@@ -281,6 +286,11 @@ impl Cluster {
         self.scheduler_metrics.as_ref()
     }
 
+    /// Pod usage as the node agents publish it (what the HorizontalPodAutoscaler reads).
+    pub fn pod_metrics(&self) -> &Arc<PodMetrics> {
+        &self.pod_metrics
+    }
+
     /// The running node agents.
     pub fn nodes(&self) -> &[NodeHandle] {
         &self.nodes
@@ -292,7 +302,8 @@ impl Cluster {
         config: NodeConfig,
         backends: Backends,
     ) -> Result<(), ClusterError> {
-        let agent = NodeAgent::new(config, backends, self.store.clone(), self.clock);
+        let agent = NodeAgent::new(config, backends, self.store.clone(), self.clock)
+            .with_pod_metrics(self.pod_metrics.clone(), DEFAULT_RESOLUTION);
         self.nodes.push(agent.start().await?);
         Ok(())
     }

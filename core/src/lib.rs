@@ -13,6 +13,7 @@ pub mod controllers;
 pub mod manifest;
 pub mod node;
 pub mod object;
+pub mod pod_metrics;
 pub mod probe;
 pub mod quantity;
 pub mod scheduler;

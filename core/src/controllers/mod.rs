@@ -11,6 +11,7 @@ pub mod deployment;
 pub mod endpoints;
 pub mod events;
 pub mod garbage_collector;
+pub mod hpa;
 pub mod job;
 pub mod namespace;
 pub mod node_lifecycle;
@@ -24,6 +25,7 @@ use tokio::task::JoinSet;
 
 use crate::clock::Clock;
 use crate::controller::{CancellationToken, Context, Controller, Metrics, Reconciler};
+use crate::pod_metrics::{PodMetrics, PodMetricsSource};
 use crate::store::Store;
 
 /// Starts the built-in controllers on a store and stops them together.
@@ -51,9 +53,22 @@ pub struct ControllerManager {
 impl ControllerManager {
     /// Starts every built-in controller on `store`. They stop when [`shutdown`] is called or
     /// the manager is dropped.
+    /// The HorizontalPodAutoscaler controller reads an empty [`PodMetrics`] here (so it
+    /// reports that it has no metrics); use [`start_with_metrics`] to give it usage.
     ///
     /// [`shutdown`]: ControllerManager::shutdown
+    /// [`start_with_metrics`]: ControllerManager::start_with_metrics
     pub fn start(store: Arc<dyn Store>, clock: Clock) -> ControllerManager {
+        ControllerManager::start_with_metrics(store, clock, Arc::new(PodMetrics::new()))
+    }
+
+    /// Starts every built-in controller on `store`, the HorizontalPodAutoscaler reading pod
+    /// usage from `metrics`.
+    pub fn start_with_metrics(
+        store: Arc<dyn Store>,
+        clock: Clock,
+        metrics: Arc<dyn PodMetricsSource>,
+    ) -> ControllerManager {
         let shutdown = CancellationToken::new();
         let context = Context::new(store, clock, shutdown.child_token());
         let mut manager = ControllerManager {
@@ -69,6 +84,7 @@ impl ControllerManager {
         manager.add(job::JobController::controller());
         manager.add(cronjob::CronJobController::controller());
         manager.add(namespace::NamespaceController::controller());
+        manager.add(hpa::HorizontalPodAutoscalerController::controller(metrics));
         manager.add(node_lifecycle::NodeLifecycleController::controller());
         let gc = garbage_collector::GarbageCollector::new();
         manager

@@ -20,6 +20,7 @@
 pub mod config;
 pub mod machine;
 pub mod status;
+mod usage;
 pub mod volumes;
 mod worker;
 
@@ -42,6 +43,7 @@ use tokio::task::JoinHandle;
 use crate::backend::{ContainerRuntime, ImageService, NetworkPlugin, Prober, VolumePlugin};
 use crate::clock::Clock;
 use crate::object::Typed;
+use crate::pod_metrics::PodMetrics;
 use crate::store::{Api, FieldSelector, ListOptions, Store, StoreError, WatchEvent, WatchOptions};
 pub use machine::PodMachine;
 pub use volumes::{InTreeVolumes, PathOnlyVolumes};
@@ -161,6 +163,8 @@ pub struct NodeAgent {
     backends: Backends,
     store: Arc<dyn Store>,
     clock: Clock,
+    /// Where container usage is published, and how often.
+    pod_metrics: Option<(Arc<PodMetrics>, Duration)>,
 }
 
 impl std::fmt::Debug for NodeAgent {
@@ -226,7 +230,15 @@ impl NodeAgent {
             backends,
             store,
             clock,
+            pod_metrics: None,
         }
+    }
+
+    /// Publishes the usage of this node's running containers to `metrics` every
+    /// `resolution` (for the HorizontalPodAutoscaler; see [`crate::pod_metrics`]).
+    pub fn with_pod_metrics(mut self, metrics: Arc<PodMetrics>, resolution: Duration) -> NodeAgent {
+        self.pod_metrics = Some((metrics, resolution));
+        self
     }
 
     fn node_status(&self) -> NodeStatus {
@@ -473,11 +485,22 @@ impl NodeAgent {
                 }
             })
         };
-        let pods = tokio::spawn(watch_pods(ctx, shutdown_rx, workers.clone()));
+        let mut tasks = vec![events, heartbeat];
+        if let Some((metrics, resolution)) = agent.pod_metrics.clone() {
+            tasks.push(tokio::spawn(usage::publish(
+                ctx.runtime.clone(),
+                name.clone(),
+                agent.clock,
+                metrics,
+                resolution,
+                shutdown_rx.clone(),
+            )));
+        }
+        tasks.push(tokio::spawn(watch_pods(ctx, shutdown_rx, workers.clone())));
         Ok(NodeHandle {
             name,
             shutdown,
-            tasks: vec![events, heartbeat, pods],
+            tasks,
             workers,
         })
     }

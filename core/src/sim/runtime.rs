@@ -9,7 +9,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -126,6 +126,15 @@ struct State {
     timer_task: bool,
     record_configs: bool,
     history: Option<Vec<HistoryEntry>>,
+    /// Usage programmed per container name: (CPU millicores, memory bytes).
+    usage: HashMap<String, (u64, u64)>,
+    /// Cumulative CPU per container id: (rate in millicores, nanoseconds banked, since).
+    cpu: HashMap<String, (u64, u128, SystemTime)>,
+}
+
+/// Nanoseconds of CPU used at `rate` millicores during `elapsed`.
+fn cpu_nanos(rate: u64, elapsed: Duration) -> u128 {
+    u128::from(rate) * elapsed.as_nanos() / 1000
 }
 
 /// One entry of a runtime's history: when (tokio time), container name, what happened.
@@ -175,6 +184,31 @@ impl SimRuntime {
         self.lock()
             .by_name
             .insert(container_name.to_string(), Arc::new(behavior));
+    }
+
+    /// Programs the usage containers with this name report in [`stats`]: CPU in
+    /// millicores (cumulative CPU time grows at that rate from now on) and memory working
+    /// set in bytes. Applies to running containers at once.
+    ///
+    /// [`stats`]: ContainerRuntime::stats
+    pub fn set_usage(&self, container_name: &str, cpu_millicores: u64, memory_bytes: u64) {
+        let now = self.inner.clock.now();
+        let mut s = self.lock();
+        s.usage
+            .insert(container_name.to_string(), (cpu_millicores, memory_bytes));
+        let ids: Vec<String> = s
+            .containers
+            .iter()
+            .filter(|(_, c)| c.status.name == container_name)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in ids {
+            if let Some((rate, banked, since)) = s.cpu.get_mut(&id) {
+                *banked += cpu_nanos(*rate, now.duration_since(*since).unwrap_or_default());
+                *rate = cpu_millicores;
+                *since = now;
+            }
+        }
     }
 
     /// Programs what containers of this image do (when no behaviour is set for their name).
@@ -403,6 +437,7 @@ impl ContainerRuntime for SimRuntime {
             .collect();
         for c in &removed {
             s.containers.remove(&c.id);
+            s.cpu.remove(&c.id);
             self.emit_locked(&mut s, c, RuntimeEventKind::Removed);
         }
         s.sandboxes.remove(sandbox_id);
@@ -588,6 +623,7 @@ impl ContainerRuntime for SimRuntime {
     async fn remove_container(&self, container_id: &str) -> BackendResult<()> {
         let mut s = self.lock();
         self.finish(&mut s, container_id, 128 + SIGKILL, false);
+        s.cpu.remove(container_id);
         if let Some(rec) = s.containers.remove(container_id) {
             self.emit_locked(&mut s, &rec.status, RuntimeEventKind::Removed);
         }
@@ -760,17 +796,29 @@ impl ContainerRuntime for SimRuntime {
     }
 
     async fn stats(&self, container_id: &str) -> BackendResult<ContainerStats> {
-        let s = self.lock();
+        let now = self.inner.clock.now();
+        let mut s = self.lock();
         let rec = s
             .containers
             .get(container_id)
             .ok_or_else(|| not_found("stats", container_id))?;
         let running = rec.status.state == ContainerState::Running;
+        let since = rec.status.started_at.unwrap_or(now);
+        let (rate, memory) = s.usage.get(&rec.status.name).copied().unwrap_or((0, 0));
+        let (rate, banked, since) = *s
+            .cpu
+            .entry(container_id.to_string())
+            .or_insert((rate, 0, since));
+        let cpu = if running {
+            banked + cpu_nanos(rate, now.duration_since(since).unwrap_or_default())
+        } else {
+            banked
+        };
         Ok(ContainerStats {
-            timestamp: Some(self.inner.clock.now()),
-            cpu_usage_nanos: 0,
-            memory_working_set_bytes: 0,
-            memory_usage_bytes: 0,
+            timestamp: Some(now),
+            cpu_usage_nanos: cpu.min(u128::from(u64::MAX)) as u64,
+            memory_working_set_bytes: if running { memory } else { 0 },
+            memory_usage_bytes: if running { memory } else { 0 },
             pids: u64::from(running),
         })
     }
