@@ -46,13 +46,27 @@ pub struct Terminal {
     pub size: Option<(u16, u16)>,
 }
 
-/// Sends a pty master to a console socket the way runc does: the descriptor with the
-/// name of the device as payload.
-pub fn send_console(
-    stream: &std::os::unix::net::UnixStream,
-    master: &OwnedFd,
-) -> std::io::Result<()> {
-    crate::pty::send_fds(stream.as_fd(), b"/dev/ptmx", &[master.as_raw_fd()])
+/// A console socket (runc's `--console-socket`), connected before anything is made.
+pub struct ConsoleSocket(std::os::unix::net::UnixStream);
+
+impl ConsoleSocket {
+    /// Connects to the socket at `path`.
+    pub fn connect(id: &str, path: &Path) -> Result<ConsoleSocket> {
+        std::os::unix::net::UnixStream::connect(path)
+            .map(ConsoleSocket)
+            .map_err(|e| Error::os(id, format!("connect console socket {}", path.display()), e))
+    }
+
+    /// Sends the pty master the way runc does (the descriptor, with the device name as
+    /// payload). On failure the process `pid` that owns the terminal is killed and
+    /// reaped: nobody could ever talk to it.
+    pub fn send(&self, id: &str, pid: i32, master: &OwnedFd) -> Result<()> {
+        crate::pty::send_fds(self.0.as_fd(), b"/dev/ptmx", &[master.as_raw_fd()]).map_err(|e| {
+            let _ = sys::kill(pid, libc::SIGKILL);
+            let _ = sys::waitpid(pid);
+            Error::os(id, "send the pty master to the console socket", e)
+        })
+    }
 }
 
 /// A container's state as the OCI runtime spec (and runc) report it.
@@ -240,11 +254,7 @@ impl Engine {
         let terminal = process.terminal().unwrap_or(false);
         // The console socket is reached before anything is made.
         let console = match (&opts.console_socket, terminal) {
-            (Some(path), true) => {
-                Some(std::os::unix::net::UnixStream::connect(path).map_err(|e| {
-                    Error::os(id, format!("connect console socket {}", path.display()), e)
-                })?)
-            }
+            (Some(path), true) => Some(ConsoleSocket::connect(id, path)?),
             (None, true) => {
                 return Err(Error::ConfigField {
                     path: bundle.dir.join("config.json"),
@@ -332,16 +342,8 @@ impl Engine {
                 .try_for_each(|(kind, h)| run_hook(id, kind, h, &st))
         })?;
         let pid_start = state::proc_stat(pid).map(|(_, s)| s).unwrap_or(0);
-        if let (Some(stream), Some(master)) = (&console, &master) {
-            if let Err(e) = send_console(stream, master) {
-                let _ = sys::kill(pid, libc::SIGKILL);
-                let _ = sys::waitpid(pid);
-                return Err(Error::os(
-                    id,
-                    "send the pty master to the console socket",
-                    e,
-                ));
-            }
+        if let (Some(sock), Some(master)) = (&console, &master) {
+            sock.send(id, pid, master)?;
         }
         drop(master);
         let rec = Record {

@@ -139,6 +139,20 @@ fn backend(op: &str, object: &str, e: Error) -> BackendError {
     BackendError::new(kind, op, object, e.to_string()).with_source(e)
 }
 
+/// The pid of an `exec_started` reply, or the error the monitor answered instead.
+fn exec_started(op: &str, id: &str, reply: Reply) -> BackendResult<i32> {
+    match reply {
+        Reply::ExecStarted { pid } => Ok(pid),
+        Reply::Error { kind, message } => Err(backend(op, id, client::reply_error(kind, message))),
+        other => Err(BackendError::new(
+            ErrorKind::Internal,
+            op,
+            id,
+            format!("unexpected reply {other:?}"),
+        )),
+    }
+}
+
 fn invalid(op: &str, object: &str, message: impl Into<String>) -> BackendError {
     BackendError::new(ErrorKind::InvalidArgument, op, object, message)
 }
@@ -1250,24 +1264,7 @@ impl ContainerRuntime for LinuxRuntime {
             .call(&req)
             .await
             .map_err(|e| backend(op, container_id, e))?;
-        let pid = match reply {
-            Reply::ExecStarted { pid } => pid,
-            Reply::Error { kind, message } => {
-                return Err(backend(
-                    op,
-                    container_id,
-                    client::reply_error(kind, message),
-                ))
-            }
-            other => {
-                return Err(BackendError::new(
-                    ErrorKind::Internal,
-                    op,
-                    container_id,
-                    format!("unexpected reply {other:?}"),
-                ))
-            }
-        };
+        let pid = exec_started(op, container_id, reply)?;
         match tokio::time::timeout(timeout, client::read(&mut reader)).await {
             Ok(Ok(Reply::ExecDone {
                 code,
@@ -1359,24 +1356,7 @@ impl ContainerRuntime for LinuxRuntime {
         .await
         .map_err(|e| BackendError::new(ErrorKind::Internal, op, container_id, e.to_string()))?
         .map_err(unavailable)?;
-        match reply {
-            Reply::ExecStarted { .. } => {}
-            Reply::Error { kind, message } => {
-                return Err(backend(
-                    op,
-                    container_id,
-                    client::reply_error(kind, message),
-                ))
-            }
-            other => {
-                return Err(BackendError::new(
-                    ErrorKind::Internal,
-                    op,
-                    container_id,
-                    format!("unexpected reply {other:?}"),
-                ))
-            }
-        }
+        exec_started(op, container_id, reply)?;
         let expected = if request.tty {
             1
         } else {

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use oci_spec::runtime::{LinuxCpu, LinuxPids, LinuxResources};
-use wharf_runtime_linux::container::Terminal;
+use wharf_runtime_linux::container::{ConsoleSocket, Terminal};
 use wharf_runtime_linux::{sys, Bundle, CreateOptions, Engine, Error, Status};
 
 #[derive(Parser)]
@@ -383,11 +383,7 @@ fn run(cli: &Cli) -> Result<u8, Error> {
             }
             // Reach the console socket before anything runs.
             let console = match (terminal, console_socket) {
-                (Some(_), Some(path)) => {
-                    Some(std::os::unix::net::UnixStream::connect(path).map_err(|e| {
-                        Error::os(id, format!("connect console socket {}", path.display()), e)
-                    })?)
-                }
+                (Some(_), Some(path)) => Some(ConsoleSocket::connect(id, path)?),
                 (Some(_), None) => {
                     return Err(Error::ConfigField {
                         path: "<command line>".into(),
@@ -416,16 +412,8 @@ fn run(cli: &Cli) -> Result<u8, Error> {
             p.no_new_privs |= *no_new_privs;
             p.preserve_fds = *preserve_fds;
             let spawned = engine.exec(id, p, [None, None, None], terminal)?;
-            if let (Some(stream), Some(master)) = (&console, &spawned.console) {
-                if let Err(e) = wharf_runtime_linux::container::send_console(stream, master) {
-                    let _ = sys::kill(spawned.pid, libc::SIGKILL);
-                    let _ = sys::waitpid(spawned.pid);
-                    return Err(Error::os(
-                        id,
-                        "send the pty master to the console socket",
-                        e,
-                    ));
-                }
+            if let (Some(sock), Some(master)) = (&console, &spawned.console) {
+                sock.send(id, spawned.pid, master)?;
             }
             drop(spawned.console);
             if let Some(f) = pid_file {
