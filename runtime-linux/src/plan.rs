@@ -131,13 +131,15 @@ pub fn seccomp_of(id: &str, bundle: &Bundle) -> Result<Option<Filter>> {
             message: "linux.seccomp is set but this build has no seccomp support (cargo feature `seccomp`)".into(),
         });
     }
-    crate::seccomp::compile(profile).map(Some).map_err(|e| {
-        field(
-            bundle,
-            format!("linux.seccomp.{}", e.field).trim_end_matches('.'),
-            e.message,
-        )
-    })
+    crate::seccomp::compile_cached(profile)
+        .map(Some)
+        .map_err(|e| {
+            field(
+                bundle,
+                format!("linux.seccomp.{}", e.field).trim_end_matches('.'),
+                e.message,
+            )
+        })
 }
 
 /// Builds the plan for a container's init process.

@@ -299,6 +299,31 @@ pub fn compile(s: &LinuxSeccomp) -> Result<Filter, ProfileError> {
     ))
 }
 
+/// [`compile`] with a per-process cache keyed by the profile's JSON: libseccomp takes
+/// milliseconds for a Docker-sized multi-architecture profile, and the long-lived
+/// monitor sees the same few profiles (the runtime default per capability set) over
+/// and over. At most 64 programs are kept.
+pub fn compile_cached(s: &LinuxSeccomp) -> Result<Filter, ProfileError> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static CACHE: OnceLock<Mutex<HashMap<String, Filter>>> = OnceLock::new();
+    let Ok(key) = serde_json::to_string(s) else {
+        return compile(s);
+    };
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(f) = cache.lock().ok().and_then(|c| c.get(&key).cloned()) {
+        return Ok(f);
+    }
+    let f = compile(s)?;
+    if let Ok(mut c) = cache.lock() {
+        if c.len() >= 64 {
+            c.clear();
+        }
+        c.insert(key, f.clone());
+    }
+    Ok(f)
+}
+
 /// Whether this build can apply seccomp profiles.
 pub const ENABLED: bool = cfg!(feature = "seccomp");
 
