@@ -40,7 +40,6 @@ fn run(name: &str, args: &[&str], expect: &str) {
 }
 
 #[test]
-#[ignore = "flaky: about 1 run in 3, one simulated pod stays Terminating at teardown (node agent on SimRuntime; the real mode does not show it)"]
 fn quickstart_simulated_tells_the_whole_story() {
     run("quickstart", &["--simulated"], "every step behaved");
 }

@@ -104,3 +104,42 @@ async fn missing_configmap_is_a_config_error() {
     assert_eq!(w.message.as_deref(), Some("configmap \"absent\" not found"));
     assert_eq!(phase(&st), "Pending");
 }
+
+/// A pod deleted at any point of its start (before, during and right after its container
+/// starts) still finishes its graceful termination and disappears.
+#[tokio::test(start_paused = true)]
+async fn deletion_at_any_moment_of_the_start_completes() {
+    let h = Harness::new().await;
+    for k in 0..40usize {
+        let name = format!("p{k}");
+        h.create(pod(&name, vec![container("app")])).await;
+        for _ in 0..k {
+            tokio::task::yield_now().await;
+        }
+        h.delete(&name).await;
+        h.wait_gone(&name, Duration::from_secs(60)).await;
+    }
+    assert_eq!(h.runtime.counts(), (0, 0));
+    assert_eq!(h.network.allocated(), 0);
+}
+
+/// The same on a multi-threaded runtime in real time, where the pod's own status writes,
+/// runtime events and the final delete race for the worker's attention.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_deleted_right_after_start_go_away_on_threads() {
+    let h = Harness::new().await;
+    let names: Vec<String> = (0..24).map(|i| format!("t{i}")).collect();
+    for name in &names {
+        h.create(pod(name, vec![container("app")])).await;
+    }
+    for name in &names {
+        h.wait(name, Duration::from_secs(30), |s| phase(s) == "Running")
+            .await;
+        h.delete(name).await;
+    }
+    for name in &names {
+        h.wait_gone(name, Duration::from_secs(30)).await;
+    }
+    assert_eq!(h.runtime.counts(), (0, 0));
+    assert_eq!(h.network.allocated(), 0);
+}

@@ -504,3 +504,60 @@ async fn oom_killed_is_reported() {
         .unwrap();
     assert_eq!((t.exit_code, t.reason.as_deref()), (137, Some("OOMKilled")));
 }
+
+/// While containers are being created the kubelet reports `ContainerCreating`, unless the pod
+/// has init containers: then every container not yet run waits with `PodInitializing`.
+#[tokio::test(start_paused = true)]
+async fn waiting_reason_while_creating_depends_on_init_containers() {
+    let h = Harness::new().await;
+    for image in ["slow:1", "slow:2", "slow:3"] {
+        h.images.add(
+            image,
+            SimImage {
+                pull_latency: Duration::from_secs(20),
+                ..Default::default()
+            },
+        );
+    }
+    let slow = |name: &str, image: &str| {
+        let mut c = container(name);
+        c.image = Some(image.into());
+        c
+    };
+    h.create(pod("plain", vec![slow("app", "slow:1")])).await;
+    let mut p = pod("with-init", vec![slow("main", "slow:3")]);
+    p.spec.as_mut().unwrap().init_containers = Some(vec![slow("setup", "slow:2")]);
+    h.runtime
+        .set_behavior("setup", Behavior::exit(Duration::from_secs(5), 0));
+    h.create(p).await;
+
+    h.at(10).await;
+    let plain = h.status("plain").await;
+    assert_eq!(phase(&plain), "Pending");
+    assert_eq!(
+        waiting_reason(&plain, "app").as_deref(),
+        Some("ContainerCreating")
+    );
+    let init = h.status("with-init").await;
+    assert_eq!(
+        waiting_reason(&init, "setup").as_deref(),
+        Some("PodInitializing")
+    );
+    assert_eq!(
+        waiting_reason(&init, "main").as_deref(),
+        Some("PodInitializing")
+    );
+
+    // setup runs 20..25 s; main's image is pulled from 25 s to 45 s.
+    h.at(30).await;
+    let init = h.status("with-init").await;
+    assert_eq!(condition(&init, "Initialized"), Some("True"));
+    assert_eq!(
+        waiting_reason(&init, "main").as_deref(),
+        Some("PodInitializing")
+    );
+    let plain = h.status("plain").await;
+    assert_eq!(phase(&plain), "Running");
+    h.at(46).await;
+    assert_eq!(phase(&h.status("with-init").await), "Running");
+}

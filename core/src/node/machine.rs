@@ -599,7 +599,10 @@ pub struct PodMachine {
     /// The pod was already terminal when this machine was made (an agent restart): its
     /// status is final and is not rewritten.
     pub frozen: bool,
+    /// The final delete of the pod object is under way (sent, its outcome not yet seen).
     delete_sent: bool,
+    /// The pod object is already gone from the store: nothing to delete at the end.
+    object_gone: bool,
     early_exits: Vec<Observation>,
 }
 
@@ -643,6 +646,7 @@ impl PodMachine {
             gone: false,
             frozen: false,
             delete_sent: false,
+            object_gone: false,
             early_exits: Vec::new(),
         };
         // Carry what the previous status said (a restarted agent keeps restart counts).
@@ -889,7 +893,7 @@ impl PodMachine {
                 }
             }
             Observation::PodGone => {
-                self.delete_sent = true;
+                self.object_gone = true;
                 self.begin_termination(now, Duration::ZERO, true, true);
             }
             Observation::TornDown => self.teardown = Stage::Done(()),
@@ -1278,9 +1282,12 @@ impl PodMachine {
                 });
             }
             Stage::Done(()) if term.deleting => {
-                if self.delete_sent {
+                if self.object_gone {
                     self.gone = true;
-                } else {
+                } else if !self.delete_sent {
+                    // Finished only once the delete is seen to be done (`Deleted`): other
+                    // observations may come first, and must not end the worker with the
+                    // delete still pending.
                     self.delete_sent = true;
                     out.push(Action::DeletePod);
                 }

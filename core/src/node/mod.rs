@@ -514,10 +514,23 @@ fn go_arch() -> &'static str {
     }
 }
 
+/// A pod's worker, as the pod watch sees it.
+struct WorkerEntry {
+    tx: mpsc::UnboundedSender<WorkerEvent>,
+    task: JoinHandle<()>,
+    /// The worker returned: it is done with the pod, whose object is deleted or being
+    /// removed.
+    ended: bool,
+    /// The watch reported the object deleted.
+    deleted: bool,
+}
+
+/// The pod workers by pod uid. An entry outlives its worker until the watch has also seen
+/// the object deleted: events queued before that deletion are stale, and must not start a
+/// second worker that would run the pod again.
 struct Workers {
     ctx: Arc<NodeContext>,
-    by_uid: HashMap<String, mpsc::UnboundedSender<WorkerEvent>>,
-    tasks: HashMap<String, JoinHandle<()>>,
+    by_uid: HashMap<String, WorkerEntry>,
     done_tx: mpsc::UnboundedSender<String>,
     count: Arc<Mutex<usize>>,
 }
@@ -525,10 +538,10 @@ struct Workers {
 impl Workers {
     fn send(&mut self, pod: Typed<Pod>) {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
-        if let Some(tx) = self.by_uid.get(&uid) {
-            if tx.send(WorkerEvent::Pod(pod.clone())).is_ok() {
-                return;
-            }
+        if let Some(entry) = self.by_uid.get(&uid) {
+            // Fails only when the worker ended; then the event is stale.
+            let _ = entry.tx.send(WorkerEvent::Pod(pod));
+            return;
         }
         let (tx, rx) = mpsc::unbounded_channel();
         let worker = PodWorker::new(self.ctx.clone(), pod, rx, tx.clone());
@@ -538,21 +551,41 @@ impl Workers {
             worker.run().await;
             let _ = done.send(u);
         });
-        self.by_uid.insert(uid.clone(), tx);
-        self.tasks.insert(uid, task);
-        *self.count.lock().unwrap_or_else(|e| e.into_inner()) = self.by_uid.len();
+        self.by_uid.insert(
+            uid,
+            WorkerEntry {
+                tx,
+                task,
+                ended: false,
+                deleted: false,
+            },
+        );
+        self.update_count();
     }
 
     fn gone(&mut self, uid: &str) {
-        if let Some(tx) = self.by_uid.get(uid) {
-            let _ = tx.send(WorkerEvent::Gone);
+        if let Some(entry) = self.by_uid.get_mut(uid) {
+            let _ = entry.tx.send(WorkerEvent::Gone);
+            entry.deleted = true;
+            if entry.ended {
+                self.by_uid.remove(uid);
+            }
         }
     }
 
     fn finished(&mut self, uid: &str) {
-        self.by_uid.remove(uid);
-        self.tasks.remove(uid);
-        *self.count.lock().unwrap_or_else(|e| e.into_inner()) = self.by_uid.len();
+        if let Some(entry) = self.by_uid.get_mut(uid) {
+            entry.ended = true;
+            if entry.deleted {
+                self.by_uid.remove(uid);
+            }
+        }
+        self.update_count();
+    }
+
+    fn update_count(&self) {
+        let running = self.by_uid.values().filter(|e| !e.ended).count();
+        *self.count.lock().unwrap_or_else(|e| e.into_inner()) = running;
     }
 }
 
@@ -591,7 +624,6 @@ async fn watch_pods(
     let mut workers = Workers {
         ctx: ctx.clone(),
         by_uid: HashMap::new(),
-        tasks: HashMap::new(),
         done_tx,
         count,
     };
@@ -660,8 +692,7 @@ async fn watch_pods(
         }
     }
     // Shutting down: stop the workers; containers keep running for the next agent.
-    for (_, task) in workers.tasks.drain() {
-        task.abort();
+    for (_, entry) in workers.by_uid.drain() {
+        entry.task.abort();
     }
-    workers.by_uid.clear();
 }

@@ -56,6 +56,18 @@ fn waiting(reason: &str, message: Option<String>) -> ContainerState {
 }
 
 impl PodMachine {
+    /// The waiting reason of a container that has not run yet, as the kubelet reports it:
+    /// `PodInitializing` for every container of a pod with init containers (its app
+    /// containers wait for them, and the kubelet uses the same default for the init
+    /// containers themselves), `ContainerCreating` otherwise.
+    fn default_waiting_reason(&self) -> &'static str {
+        if self.n_init > 0 {
+            "PodInitializing"
+        } else {
+            "ContainerCreating"
+        }
+    }
+
     fn container_status(&self, s: &Slot, now: Now, runtime: &str) -> ContainerStatus {
         let meta = &self.pod.metadata;
         let pod_ref = format!(
@@ -102,15 +114,7 @@ impl PodMachine {
                         )),
                     ))
                 } else if exit.is_none() {
-                    let initializing = s.kind == ContainerKind::App && !self.initialized;
-                    Some((
-                        if initializing {
-                            "PodInitializing"
-                        } else {
-                            "ContainerCreating"
-                        },
-                        None,
-                    ))
+                    Some((self.default_waiting_reason(), None))
                 } else {
                     None
                 };
@@ -125,10 +129,7 @@ impl PodMachine {
                         terminated: Some(terminated(exit, runtime)),
                         ..Default::default()
                     },
-                    (None, None) if s.kind == ContainerKind::App && !self.initialized => {
-                        waiting("PodInitializing", None)
-                    }
-                    (None, None) => waiting("ContainerCreating", None),
+                    (None, None) => waiting(self.default_waiting_reason(), None),
                 }
             }
         };

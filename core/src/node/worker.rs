@@ -143,6 +143,7 @@ impl PodWorker {
         loop {
             let now = self.ctx.now();
             for action in self.machine.decide(now) {
+                tracing::trace!(pod = ?self.machine.pod.metadata.name, ?action, "action");
                 pending.push(self.execute(action));
             }
             self.write_status(now).await;
@@ -154,6 +155,7 @@ impl PodWorker {
                 Some(observations) = pending.next(), if !pending.is_empty() => {
                     let now = self.ctx.now();
                     for o in observations {
+                        tracing::trace!(pod = ?self.machine.pod.metadata.name, observation = ?o, "outcome");
                         if let Observation::SandboxReady(id) = &o {
                             self.ctx.route(id, Some(&self.tx));
                         }
