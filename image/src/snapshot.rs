@@ -162,12 +162,28 @@ pub fn mount_overlay(
     } else {
         layers.to_vec()
     };
-    let data = format!(
+    mount_overlay_with(&lowers, upper, work, target, "")
+}
+
+/// Mounts an overlay of `layers` (lowest first, at least one) under `upper`/`work` at
+/// `target`, with extra overlayfs `options` (comma-separated, may be empty).
+pub fn mount_overlay_with(
+    layers: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+    target: &Path,
+    options: &str,
+) -> Result<()> {
+    let mut data = format!(
         "lowerdir={},upperdir={},workdir={}",
-        overlay_lowerdir(&lowers),
+        overlay_lowerdir(layers),
         escape_overlay(&upper.to_string_lossy()),
         escape_overlay(&work.to_string_lossy())
     );
+    if !options.is_empty() {
+        data.push(',');
+        data.push_str(options);
+    }
     let data = std::ffi::CString::new(data)
         .map_err(|e| ImageError::io("mount overlay at", target, io::Error::other(e)))?;
     rustix::mount::mount(

@@ -153,11 +153,25 @@ fn errors_name_the_line() {
     fs::create_dir_all(&ctx).unwrap();
     let cases = [
         ("FROM scratch\nCOPY missing.txt /\n", 2, "missing.txt"),
-        ("FROM scratch\nENV A=1\nRUN echo hi\n", 3, "RUN"),
+        (
+            "FROM scratch\nENV A=1\nRUN echo hi\n",
+            3,
+            "needs a container runtime",
+        ),
         ("FROM localhost/none:1\n", 1, "not in the store"),
         ("ENV A=1\nFROM scratch\n", 1, "first instruction"),
         ("FROM scratch\nEXPOSE 99999\n", 2, "invalid port"),
-        ("FROM scratch\nFROM scratch\n", 2, "multi-stage"),
+        (
+            "FROM scratch AS a\nFROM scratch AS A\n",
+            2,
+            "duplicate stage name",
+        ),
+        (
+            "FROM scratch\nCOPY --from=nope /x /\n",
+            2,
+            "no stage of that name",
+        ),
+        ("FROM scratch\nCOPY --from=3 /x /\n", 2, "no earlier stage"),
         ("FROM scratch\nCOPY --chown=app:app a /\n", 2, "numeric"),
     ];
     for (df, line, needle) in cases {

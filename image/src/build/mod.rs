@@ -2,19 +2,28 @@
 //! `scratch`), COPY/ADD layers made from the build context, a layer cache, `.dockerignore`,
 //! and errors that name the Dockerfile line. The result is an ordinary OCI image in the store.
 //!
-//! Supported: FROM (one stage), COPY and ADD (local files; ADD extracts local tar, gzip and
-//! zstd archives; `--chown=uid:gid` numeric, `--chmod=octal`), WORKDIR, ENV, ARG, EXPOSE,
-//! CMD, ENTRYPOINT, USER, LABEL, MAINTAINER, VOLUME, STOPSIGNAL. RUN needs a container
-//! runtime and is refused, as are multi-stage builds and URL sources.
+//! Supported: FROM (stages, `AS name`, a base that is an earlier stage), RUN (shell and
+//! exec forms, executed through a [`ContainerRuntime`], see [`run`]), COPY and ADD (local
+//! files; ADD extracts local tar, gzip and zstd archives; `--chown=uid:gid` numeric,
+//! `--chmod=octal`; COPY `--from=<stage name|stage index|image>`), WORKDIR, ENV, ARG,
+//! EXPOSE, CMD, ENTRYPOINT, USER, LABEL, MAINTAINER, VOLUME, STOPSIGNAL. The last stage (or
+//! [`BuildOptions::target`]) is the result. Not supported: URL sources, SHELL,
+//! HEALTHCHECK, ONBUILD.
 
+mod copy;
+mod diff;
 pub mod dockerfile;
 pub mod ignore;
+pub mod run;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
-use std::io::{Read, Write};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::io::Write;
 use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use wharf_core::backend::runtime::ContainerRuntime;
 
 use serde::{Deserialize, Serialize};
 
@@ -24,10 +33,10 @@ use crate::reference::Reference;
 use crate::spec::{
     media, ContainerConfig, Descriptor, History, ImageConfig, Manifest, Platform, RootFs,
 };
-use crate::store::{Image, ImageStore};
-use crate::unpack::Compression;
+use crate::store::{Image, ImageStore, Pin};
 use dockerfile::Instruction;
 use ignore::Ignore;
+use run::Runner;
 
 /// What to build.
 #[derive(Clone, Debug, Default)]
@@ -42,6 +51,8 @@ pub struct BuildOptions {
     pub build_args: BTreeMap<String, String>,
     /// Ignore the layer cache.
     pub no_cache: bool,
+    /// The stage to build (its `AS` name or its index); the last stage when `None`.
+    pub target: Option<String>,
 }
 
 /// What a build made.
@@ -49,7 +60,7 @@ pub struct BuildOptions {
 pub struct Built {
     /// The image.
     pub image: Image,
-    /// Layers this build made (COPY/ADD steps).
+    /// Layers this build made (RUN, COPY and ADD steps, every stage).
     pub layers_built: usize,
     /// Layer steps answered from the cache.
     pub layers_cached: usize,
@@ -76,7 +87,10 @@ impl Step<'_> {
     }
 }
 
+#[derive(Clone)]
 struct State {
+    /// The stage's `AS` name, lowercased.
+    name: Option<String>,
     config: ImageConfig,
     layers: Vec<Descriptor>,
     args: BTreeMap<String, String>,
@@ -95,13 +109,50 @@ impl State {
         v
     }
 
+    /// The working directory (`/` when unset).
+    fn workdir(&self) -> String {
+        self.config
+            .config
+            .working_dir
+            .clone()
+            .filter(|w| !w.is_empty())
+            .unwrap_or_else(|| "/".into())
+    }
+
     fn chain(&mut self, what: &str) {
         self.key = Digest::of(format!("{}\n{what}", self.key).as_bytes());
     }
 }
 
-/// Builds the image `opts` describes into `store`.
+/// Builds the image `opts` describes into `store`. RUN instructions are refused: they
+/// need a container runtime ([`build_with_runtime`]).
 pub fn build(store: &ImageStore, opts: &BuildOptions) -> Result<Built> {
+    build_with(store, opts, None)
+}
+
+/// Builds the image `opts` describes into `store`, executing RUN instructions in
+/// containers of `runtime`. The build's file work runs on tokio's blocking pool.
+pub async fn build_with_runtime(
+    store: Arc<ImageStore>,
+    opts: BuildOptions,
+    runtime: Arc<dyn ContainerRuntime>,
+) -> Result<Built> {
+    let runner = Runner::new(runtime, tokio::runtime::Handle::current());
+    let context = opts.context.clone();
+    match tokio::task::spawn_blocking(move || build_with(&store, &opts, Some(&runner))).await {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => Err(ImageError::io("build", context, std::io::Error::other(e))),
+    }
+}
+
+/// Builds the image `opts` describes into `store`; RUN steps go to `runner` (refused
+/// without one). Call from a thread that may block (not a tokio worker).
+pub fn build_with(
+    store: &ImageStore,
+    opts: &BuildOptions,
+    runner: Option<&Runner>,
+) -> Result<Built> {
     let file = opts
         .dockerfile
         .clone()
@@ -117,37 +168,170 @@ pub fn build(store: &ImageStore, opts: &BuildOptions) -> Result<Built> {
         Err(_) => Ignore::default(),
     };
     let cache_path = store.root().join("build-cache.json");
-    let mut cache: BTreeMap<Digest, CacheEntry> = fs::read(&cache_path)
+    let cache: BTreeMap<Digest, CacheEntry> = fs::read(&cache_path)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
-    let (mut built, mut cached) = (0, 0);
+    let mut b = Builder {
+        store,
+        opts,
+        runner,
+        ignore,
+        cache,
+        built: 0,
+        cached: 0,
+        stages: Vec::new(),
+        scratch: Scratch::new(store.root()),
+        roots: HashMap::new(),
+        _pins: Vec::new(),
+    };
     let mut state: Option<State> = None;
     let mut pre_from_args: BTreeMap<String, String> = BTreeMap::new();
+    let target = opts.target.as_deref().map(str::to_ascii_lowercase);
+    let is_target = |st: &State, index: usize| {
+        target
+            .as_deref()
+            .is_some_and(|t| st.name.as_deref() == Some(t) || t == index.to_string())
+    };
     for ins in &instructions {
         let step = Step { file: &file, ins };
-        let Some(st) = state.as_mut() else {
-            match ins.keyword.as_str() {
-                "ARG" => {
-                    for (k, v) in arg_defs(&step, &pre_from_args, &opts.build_args)? {
-                        pre_from_args.insert(k, v);
-                    }
+        match (state.as_mut(), ins.keyword.as_str()) {
+            (None, "ARG") => {
+                for (k, v) in arg_defs(&step, &pre_from_args, &opts.build_args)? {
+                    pre_from_args.insert(k, v);
                 }
-                "FROM" => state = Some(from(store, &step, &pre_from_args)?),
-                _ => return Err(step.err("the first instruction must be FROM (or ARG before it)")),
             }
-            continue;
-        };
+            (_, "FROM") => {
+                if let Some(done) = state.take() {
+                    if is_target(&done, b.stages.len()) {
+                        state = Some(done);
+                        break;
+                    }
+                    b.stages.push(done);
+                }
+                state = Some(b.from(&step, &pre_from_args)?);
+            }
+            (None, _) => {
+                return Err(step.err("the first instruction must be FROM (or ARG before it)"))
+            }
+            (Some(st), _) => b.instruction(&step, st)?,
+        }
+    }
+    let st = state.ok_or_else(|| ImageError::Dockerfile {
+        file: file.clone(),
+        line: 1,
+        reason: "no FROM instruction".into(),
+    })?;
+    if let Some(t) = &target {
+        if !is_target(&st, b.stages.len()) {
+            return Err(ImageError::Dockerfile {
+                file: file.clone(),
+                line: 1,
+                reason: format!("target stage {t:?} not found"),
+            });
+        }
+    }
+    let tmp = cache_path.with_extension("json.tmp");
+    fs::write(
+        &tmp,
+        serde_json::to_vec(&b.cache).expect("cache serializes"),
+    )
+    .map_err(|e| ImageError::io("write", &tmp, e))?;
+    fs::rename(&tmp, &cache_path).map_err(|e| ImageError::io("rename into", &cache_path, e))?;
+
+    let mut config = st.config;
+    config.created = Some(rfc3339_now());
+    let cbytes = serde_json::to_vec(&config).expect("config serializes");
+    let cdigest = store.blobs().put(&cbytes)?;
+    let manifest = Manifest {
+        schema_version: 2,
+        media_type: Some(media::OCI_MANIFEST.into()),
+        config: Descriptor::new(media::OCI_CONFIG, cdigest, cbytes.len() as u64),
+        layers: st.layers,
+        annotations: BTreeMap::new(),
+    };
+    let mbytes = serde_json::to_vec(&manifest).expect("manifest serializes");
+    let mdigest = store.blobs().put(&mbytes)?;
+    let tags = opts
+        .tags
+        .iter()
+        .map(|t| Reference::parse(t))
+        .collect::<Result<Vec<_>>>()?;
+    let image = store.commit_image(&mdigest, &tags, None, &|_| {})?;
+    Ok(Built {
+        image,
+        layers_built: b.built,
+        layers_cached: b.cached,
+    })
+}
+
+/// A directory under the store's `tmp/` for one build (RUN mounts, `--from` root
+/// filesystems), removed when the build ends.
+struct Scratch {
+    base: PathBuf,
+    dir: Option<PathBuf>,
+}
+
+impl Scratch {
+    fn new(store_root: &Path) -> Scratch {
+        Scratch {
+            base: store_root.join("tmp"),
+            dir: None,
+        }
+    }
+
+    fn dir(&mut self) -> Result<&Path> {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        if self.dir.is_none() {
+            let d = self.base.join(format!(
+                "build-{}-{}",
+                std::process::id(),
+                SEQ.fetch_add(1, Ordering::Relaxed)
+            ));
+            fs::create_dir_all(&d).map_err(|e| ImageError::io("create directory", &d, e))?;
+            self.dir = Some(d);
+        }
+        Ok(self.dir.as_deref().expect("set above"))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if let Some(d) = &self.dir {
+            if let Err(e) = fs::remove_dir_all(d) {
+                tracing::warn!(dir = %d.display(), error = %e, "build scratch directory not removed");
+            }
+        }
+    }
+}
+
+struct Builder<'a> {
+    store: &'a ImageStore,
+    opts: &'a BuildOptions,
+    runner: Option<&'a Runner>,
+    ignore: Ignore,
+    cache: BTreeMap<Digest, CacheEntry>,
+    built: usize,
+    cached: usize,
+    /// Finished stages, in order.
+    stages: Vec<State>,
+    scratch: Scratch,
+    /// Flat root filesystems of stages and images that `COPY --from` read, by stage
+    /// index or image id.
+    roots: HashMap<String, PathBuf>,
+    /// Keeps the layers this build stacks or reads safe from garbage collection.
+    _pins: Vec<Pin>,
+}
+
+impl Builder<'_> {
+    /// One instruction of a stage (every keyword but FROM and pre-FROM ARG).
+    fn instruction(&mut self, step: &Step<'_>, st: &mut State) -> Result<()> {
+        let (ins, opts) = (step.ins, self.opts);
         let vars = st.vars();
         let x = |s: &str| dockerfile::expand(s, &vars).map_err(|e| step.err(e));
         let mut layer = None;
         match ins.keyword.as_str() {
-            "FROM" => return Err(step.err("multi-stage builds are not supported")),
-            "RUN" => {
-                return Err(
-                    step.err("RUN needs a container runtime; this builder does not run commands")
-                )
-            }
+            "RUN" => layer = Some(self.run(step, st)?),
             "ENV" => {
                 let pairs = dockerfile::pairs(&ins.args, true).map_err(|e| step.err(e))?;
                 let env = st.config.config.env.get_or_insert_with(Vec::new);
@@ -158,7 +342,7 @@ pub fn build(store: &ImageStore, opts: &BuildOptions) -> Result<Built> {
                 }
             }
             "ARG" => {
-                for (k, v) in arg_defs(&step, &vars, &opts.build_args)? {
+                for (k, v) in arg_defs(step, &vars, &opts.build_args)? {
                     st.args.insert(k, v);
                 }
             }
@@ -204,13 +388,7 @@ pub fn build(store: &ImageStore, opts: &BuildOptions) -> Result<Built> {
                 if w.is_empty() {
                     return Err(step.err("WORKDIR needs a path"));
                 }
-                let base = st
-                    .config
-                    .config
-                    .working_dir
-                    .clone()
-                    .unwrap_or_else(|| "/".into());
-                let joined = clean_abs(&Path::new(&base).join(w));
+                let joined = clean_abs(&Path::new(&st.workdir()).join(w));
                 st.config.config.working_dir = Some(joined.display().to_string());
             }
             "STOPSIGNAL" => st.config.config.stop_signal = Some(x(&ins.args)?),
@@ -235,40 +413,7 @@ pub fn build(store: &ImageStore, opts: &BuildOptions) -> Result<Built> {
                     st.config.config.cmd = None;
                 }
             }
-            "COPY" | "ADD" => {
-                let tar = copy_layer(&step, &opts.context, &ignore, st, &vars)?;
-                let diff_id = Digest::of(&tar);
-                st.chain(&format!("{} {} {diff_id}", ins.keyword, ins.args));
-                let hit = (!opts.no_cache)
-                    .then(|| cache.get(&st.key))
-                    .flatten()
-                    .filter(|c| {
-                        store.blobs().size(&c.layer.digest) == Some(c.layer.size)
-                            && c.diff_id == diff_id
-                    })
-                    .cloned();
-                let entry = match hit {
-                    Some(e) => {
-                        cached += 1;
-                        e
-                    }
-                    None => {
-                        built += 1;
-                        let mut gz =
-                            flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-                        gz.write_all(&tar).map_err(|e| step.err(e))?;
-                        let bytes = gz.finish().map_err(|e| step.err(e))?;
-                        let d = store.blobs().put(&bytes)?;
-                        let e = CacheEntry {
-                            layer: Descriptor::new(media::OCI_LAYER_GZIP, d, bytes.len() as u64),
-                            diff_id: diff_id.clone(),
-                        };
-                        cache.insert(st.key.clone(), e.clone());
-                        e
-                    }
-                };
-                layer = Some(entry);
-            }
+            "COPY" | "ADD" => layer = Some(self.copy(step, st, &vars)?),
             other => return Err(step.err(format!("{other} is not supported by this builder"))),
         }
         if layer.is_none() {
@@ -284,41 +429,211 @@ pub fn build(store: &ImageStore, opts: &BuildOptions) -> Result<Built> {
             st.layers.push(e.layer);
             st.config.rootfs.diff_ids.push(e.diff_id);
         }
+        Ok(())
     }
-    let st = state.ok_or_else(|| ImageError::Dockerfile {
-        file: file.clone(),
-        line: 1,
-        reason: "no FROM instruction".into(),
-    })?;
-    let tmp = cache_path.with_extension("json.tmp");
-    fs::write(&tmp, serde_json::to_vec(&cache).expect("cache serializes"))
-        .map_err(|e| ImageError::io("write", &tmp, e))?;
-    fs::rename(&tmp, &cache_path).map_err(|e| ImageError::io("rename into", &cache_path, e))?;
 
-    let mut config = st.config;
-    config.created = Some(rfc3339_now());
-    let cbytes = serde_json::to_vec(&config).expect("config serializes");
-    let cdigest = store.blobs().put(&cbytes)?;
-    let manifest = Manifest {
-        schema_version: 2,
-        media_type: Some(media::OCI_MANIFEST.into()),
-        config: Descriptor::new(media::OCI_CONFIG, cdigest, cbytes.len() as u64),
-        layers: st.layers,
-        annotations: BTreeMap::new(),
-    };
-    let mbytes = serde_json::to_vec(&manifest).expect("manifest serializes");
-    let mdigest = store.blobs().put(&mbytes)?;
-    let tags = opts
-        .tags
-        .iter()
-        .map(|t| Reference::parse(t))
-        .collect::<Result<Vec<_>>>()?;
-    let image = store.commit_image(&mdigest, &tags, None, &|_| {})?;
-    Ok(Built {
-        image,
-        layers_built: built,
-        layers_cached: cached,
-    })
+    /// The cache entry under the stage's current key, if its blob is still stored.
+    fn cache_hit(&self, st: &State, diff_id: Option<&Digest>) -> Option<CacheEntry> {
+        if self.opts.no_cache {
+            return None;
+        }
+        self.cache
+            .get(&st.key)
+            .filter(|c| {
+                self.store.blobs().size(&c.layer.digest) == Some(c.layer.size)
+                    && diff_id.is_none_or(|d| *d == c.diff_id)
+            })
+            .cloned()
+    }
+
+    /// Writes a layer: `write` produces the uncompressed tar into the writer it gets; the
+    /// result is gzip-compressed into the blob store and remembered under the stage's key.
+    fn store_layer(
+        &mut self,
+        st: &State,
+        write: impl FnOnce(&mut dyn Write) -> std::result::Result<(), ImageError>,
+    ) -> Result<CacheEntry> {
+        let ingest = self.store.blobs().ingest()?;
+        let gz = flate2::write::GzEncoder::new(ingest, flate2::Compression::fast());
+        let mut tar = crate::digest::HashingWriter::new(gz);
+        write(&mut tar)?;
+        let (gz, diff_id, _) = tar.finish();
+        let ingest = gz
+            .finish()
+            .map_err(|e| ImageError::io("compress layer into", self.store.root(), e))?;
+        let blob = ingest.commit(None, None)?;
+        let entry = CacheEntry {
+            layer: Descriptor::new(media::OCI_LAYER_GZIP, blob.digest, blob.size),
+            diff_id,
+        };
+        self.built += 1;
+        self.cache.insert(st.key.clone(), entry.clone());
+        Ok(entry)
+    }
+
+    fn copy(
+        &mut self,
+        step: &Step<'_>,
+        st: &mut State,
+        vars: &BTreeMap<String, String>,
+    ) -> Result<CacheEntry> {
+        let args = copy::parse(step, vars)?;
+        let tar = match &args.from {
+            None => copy::layer(
+                step,
+                &args,
+                &copy::Source::Context(&self.opts.context, &self.ignore),
+                st,
+            )?,
+            Some(from) => {
+                let root = self.root_of(step, from)?;
+                copy::layer(step, &args, &copy::Source::Root(&root), st)?
+            }
+        };
+        let diff_id = Digest::of(&tar);
+        st.chain(&format!("{} {} {diff_id}", step.ins.keyword, step.ins.args));
+        if let Some(hit) = self.cache_hit(st, Some(&diff_id)) {
+            self.cached += 1;
+            return Ok(hit);
+        }
+        self.store_layer(st, |w| {
+            w.write_all(&tar)
+                .map_err(|e| step.err(format!("write the layer: {e}")))
+        })
+    }
+
+    fn run(&mut self, step: &Step<'_>, st: &mut State) -> Result<CacheEntry> {
+        let Some(runner) = self.runner else {
+            return Err(
+                step.err("RUN needs a container runtime (build with build::build_with_runtime)")
+            );
+        };
+        let mut env: BTreeMap<String, String> = st.args.clone();
+        for kv in st.config.config.env.iter().flatten() {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            env.insert(k.to_string(), v.to_string());
+        }
+        let cmd = run::Command {
+            argv: command(&step.ins.args),
+            env: env.into_iter().collect(),
+            working_dir: st.workdir(),
+            user: st.config.config.user.clone(),
+        };
+        // The key covers what the process sees, build arguments included.
+        st.chain(&format!(
+            "RUN {}\n{:?}\n{}\n{:?}",
+            step.ins.args, cmd.env, cmd.working_dir, cmd.user
+        ));
+        let entry = match self.cache_hit(st, None) {
+            Some(hit) => {
+                self.cached += 1;
+                hit
+            }
+            None => {
+                let layers = self.snapshots(st)?;
+                let scratch = self.scratch.dir()?.to_path_buf();
+                self.store_layer(st, |w| match run::run(runner, &scratch, &layers, &cmd, w) {
+                    Ok(_) => Ok(()),
+                    Err(run::RunError::Exit { code, tail }) => Err(step.err(format!(
+                        "the command exited with code {code}; its last output:\n{tail}"
+                    ))),
+                    Err(run::RunError::Failed(why)) => Err(step.err(why)),
+                })?
+            }
+        };
+        // What follows depends on what this step made, not only on its text.
+        st.chain(&format!("layer {}", entry.diff_id));
+        Ok(entry)
+    }
+
+    /// The stage's layers as snapshot directories (unpacked when missing), lowest first.
+    fn snapshots(&mut self, st: &State) -> Result<Vec<PathBuf>> {
+        let diff_ids = &st.config.rootfs.diff_ids;
+        self._pins.push(
+            self.store.pin(
+                st.layers
+                    .iter()
+                    .map(|l| l.digest.clone())
+                    .chain(diff_ids.iter().cloned()),
+            ),
+        );
+        st.layers
+            .iter()
+            .zip(diff_ids)
+            .map(|(layer, diff_id)| {
+                self.store.ensure_snapshot(layer, diff_id)?;
+                Ok(self.store.snapshots().path(diff_id))
+            })
+            .collect()
+    }
+
+    /// The flat root filesystem `COPY --from=<from>` reads: an earlier stage (by name or
+    /// index) or an image in the store.
+    fn root_of(&mut self, step: &Step<'_>, from: &str) -> Result<PathBuf> {
+        let lower = from.to_ascii_lowercase();
+        let stage = self
+            .stages
+            .iter()
+            .position(|s| s.name.as_deref() == Some(lower.as_str()))
+            .or_else(|| {
+                from.parse::<usize>()
+                    .ok()
+                    .filter(|i| *i < self.stages.len())
+            });
+        let (key, layers) = match stage {
+            Some(i) => {
+                let s = &self.stages[i];
+                let layers: Vec<_> = s
+                    .layers
+                    .iter()
+                    .cloned()
+                    .zip(s.config.rootfs.diff_ids.iter().cloned())
+                    .collect();
+                (format!("stage-{i}"), layers)
+            }
+            None if from.parse::<usize>().is_ok() => {
+                return Err(step.err(format!("--from={from}: no earlier stage has that index")))
+            }
+            None => {
+                let img = self.store.inspect(from).map_err(|e| match e {
+                    ImageError::ImageNotFound(_) | ImageError::InvalidReference { .. } => {
+                        step.err(format!(
+                            "--from={from}: no stage of that name and no such image in the store"
+                        ))
+                    }
+                    e => e,
+                })?;
+                let layers = img
+                    .manifest
+                    .layers
+                    .into_iter()
+                    .zip(img.config.rootfs.diff_ids)
+                    .collect();
+                (format!("image-{}", img.id.hex()), layers)
+            }
+        };
+        if let Some(p) = self.roots.get(&key) {
+            return Ok(p.clone());
+        }
+        let dir = self.scratch.dir()?.join(&key);
+        fs::create_dir_all(&dir).map_err(|e| ImageError::io("create directory", &dir, e))?;
+        self._pins
+            .push(self.store.pin(layers.iter().map(|(l, _)| l.digest.clone())));
+        for (layer, diff_id) in &layers {
+            let f = self.store.blobs().open_blob(&layer.digest)?;
+            let mut o = crate::unpack::UnpackOptions::flat();
+            o.expect_digest = Some(layer.digest.clone());
+            o.expect_diff_id = Some(diff_id.clone());
+            crate::unpack::unpack(f, &dir, &layer.digest.to_string(), &o)?;
+        }
+        self.roots.insert(key, dir.clone());
+        Ok(dir)
+    }
+
+    /// A new stage: `FROM <image | earlier stage | scratch> [AS name]`.
+    fn from(&self, step: &Step<'_>, args: &BTreeMap<String, String>) -> Result<State> {
+        from(self.store, &self.stages, step, args)
+    }
 }
 
 fn arg_defs(
@@ -347,21 +662,50 @@ fn arg_defs(
     Ok(out)
 }
 
-fn from(store: &ImageStore, step: &Step<'_>, args: &BTreeMap<String, String>) -> Result<State> {
+fn from(
+    store: &ImageStore,
+    stages: &[State],
+    step: &Step<'_>,
+    args: &BTreeMap<String, String>,
+) -> Result<State> {
     let words =
         dockerfile::words(&dockerfile::expand(&step.ins.args, args).map_err(|e| step.err(e))?);
     if words.iter().any(|w| w.starts_with("--")) {
         return Err(step.err("FROM flags (--platform) are not supported"));
     }
-    let base = match words.as_slice() {
-        [b] => b.clone(),
-        [b, as_, _] if as_.eq_ignore_ascii_case("as") => b.clone(),
+    let (base, name) = match words.as_slice() {
+        [b] => (b.clone(), None),
+        [b, as_, n] if as_.eq_ignore_ascii_case("as") => (b.clone(), Some(n.to_ascii_lowercase())),
         _ => return Err(step.err("expected FROM <image> [AS <name>]")),
     };
-    let seed = Digest::of(format!("FROM {base}").as_bytes());
+    if let Some(n) = &name {
+        let valid = n.starts_with(|c: char| c.is_ascii_alphabetic())
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if !valid {
+            return Err(step.err(format!("invalid stage name {n:?}")));
+        }
+        if stages.iter().any(|s| s.name.as_deref() == Some(n.as_str())) {
+            return Err(step.err(format!("duplicate stage name {n:?}")));
+        }
+    }
+    let lower = base.to_ascii_lowercase();
+    if let Some(earlier) = stages
+        .iter()
+        .find(|s| s.name.as_deref() == Some(lower.as_str()))
+    {
+        // A stage built on an earlier one continues from where that one ended.
+        return Ok(State {
+            name,
+            args: BTreeMap::new(),
+            cmd_set_here: false,
+            ..earlier.clone()
+        });
+    }
     if base == "scratch" {
         let p = Platform::host();
         return Ok(State {
+            name,
             config: ImageConfig {
                 created: None,
                 author: None,
@@ -377,7 +721,7 @@ fn from(store: &ImageStore, step: &Step<'_>, args: &BTreeMap<String, String>) ->
             },
             layers: Vec::new(),
             args: BTreeMap::new(),
-            key: seed,
+            key: Digest::of(b"FROM scratch"),
             cmd_set_here: false,
         });
     }
@@ -388,6 +732,7 @@ fn from(store: &ImageStore, step: &Step<'_>, args: &BTreeMap<String, String>) ->
         e => e,
     })?;
     Ok(State {
+        name,
         key: Digest::of(format!("FROM {}", img.id).as_bytes()),
         config: img.config,
         layers: img.manifest.layers,
@@ -416,302 +761,6 @@ fn clean_abs(p: &Path) -> PathBuf {
         }
     }
     out
-}
-
-struct CopyFlags {
-    owner: Option<(u64, u64)>,
-    mode: Option<u32>,
-}
-
-/// The uncompressed tar of one COPY/ADD step.
-fn copy_layer(
-    step: &Step<'_>,
-    context: &Path,
-    ignore: &Ignore,
-    st: &State,
-    vars: &BTreeMap<String, String>,
-) -> Result<Vec<u8>> {
-    let is_add = step.ins.keyword == "ADD";
-    let mut flags = CopyFlags {
-        owner: None,
-        mode: None,
-    };
-    let mut rest = step.ins.args.trim();
-    while let Some(f) = rest.strip_prefix("--") {
-        let (flag, after) = f.split_once(char::is_whitespace).unwrap_or((f, ""));
-        rest = after.trim_start();
-        match flag.split_once('=') {
-            Some(("chown", v)) => {
-                let v = dockerfile::expand(v, vars).map_err(|e| step.err(e))?;
-                let (u, g) = v.split_once(':').unwrap_or((&v, &v));
-                match (u.parse(), g.parse()) {
-                    (Ok(u), Ok(g)) => flags.owner = Some((u, g)),
-                    _ => {
-                        return Err(
-                            step.err(format!("--chown={v}: only numeric uid:gid is supported"))
-                        )
-                    }
-                }
-            }
-            Some(("chmod", v)) => {
-                flags.mode = Some(
-                    u32::from_str_radix(v, 8)
-                        .map_err(|_| step.err(format!("--chmod={v}: expected octal")))?,
-                )
-            }
-            _ => return Err(step.err(format!("--{flag} is not supported"))),
-        }
-    }
-    let mut words = match dockerfile::json_array(rest) {
-        Some(v) => v,
-        None => dockerfile::words(rest),
-    };
-    let words: Vec<String> = words
-        .drain(..)
-        .map(|w| dockerfile::expand(&w, vars).map_err(|e| step.err(e)))
-        .collect::<Result<_>>()?;
-    if words.len() < 2 {
-        return Err(step.err("expected at least one source and a destination"));
-    }
-    let (dest, srcs) = words.split_last().expect("len checked");
-    let workdir = st
-        .config
-        .config
-        .working_dir
-        .clone()
-        .unwrap_or_else(|| "/".into());
-    let dest_dir_syntax = dest.ends_with('/') || dest == "." || srcs.len() > 1;
-    let dest_path = clean_abs(&Path::new(&workdir).join(dest));
-
-    // Resolve sources (a glob in the last component), never outside the context.
-    let mut sources: Vec<(PathBuf, String)> = Vec::new();
-    for s in srcs {
-        if s.contains("://") {
-            return Err(step.err(format!("{s}: URL sources are not supported")));
-        }
-        let rel = clean_abs(Path::new(s));
-        let rel = rel.strip_prefix("/").expect("absolute").to_path_buf();
-        let name = rel.file_name().map(|n| n.to_string_lossy().into_owned());
-        let globbed = name.as_deref().is_some_and(|n| n.contains(['*', '?']));
-        if globbed {
-            let parent = rel.parent().unwrap_or(Path::new(""));
-            let pat = name.expect("globbed has a name");
-            let dir = context.join(parent);
-            let rd = fs::read_dir(&dir).map_err(|e| step.err(format!("{}: {e}", dir.display())))?;
-            let mut names: Vec<String> = rd
-                .flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect();
-            names.sort();
-            for n in names
-                .into_iter()
-                .filter(|n| ignore::glob(pat.as_bytes(), n.as_bytes()))
-            {
-                let r = parent.join(&n);
-                if !ignore.excluded(&r.to_string_lossy()) {
-                    sources.push((context.join(&r), r.to_string_lossy().into_owned()));
-                }
-            }
-        } else {
-            let r = rel.to_string_lossy().into_owned();
-            if !r.is_empty() && ignore.excluded(&r) {
-                return Err(step.err(format!("{s}: excluded by .dockerignore")));
-            }
-            sources.push((context.join(&rel), r));
-        }
-    }
-    if sources.is_empty() {
-        return Err(step.err("no source files matched"));
-    }
-    let mut b = tar::Builder::new(Vec::new());
-    // Parents of the destination, so the layer stands alone.
-    let mut parent = PathBuf::new();
-    let dest_rel = dest_path.strip_prefix("/").expect("absolute").to_path_buf();
-    let parents: Vec<_> = if dest_dir_syntax || sources.len() > 1 {
-        dest_rel.components().collect()
-    } else {
-        dest_rel
-            .parent()
-            .map(|p| p.components().collect())
-            .unwrap_or_default()
-    };
-    for c in parents {
-        parent.push(c);
-        append_dir(&mut b, &parent, 0o755, 0, (0, 0)).map_err(|e| step.err(e))?;
-    }
-    for (abs, rel) in &sources {
-        let md = fs::symlink_metadata(abs).map_err(|e| step.err(format!("{rel}: {e}")))?;
-        if md.is_dir() {
-            walk_into(&mut b, abs, rel, &dest_rel, ignore, &flags)
-                .map_err(|e| step.err(format!("{rel}: {e}")))?;
-            continue;
-        }
-        let target = if dest_dir_syntax {
-            dest_rel.join(abs.file_name().expect("a file has a name"))
-        } else {
-            dest_rel.clone()
-        };
-        if is_add && md.is_file() && is_archive(abs) {
-            extract_into(&mut b, abs, &dest_rel, &flags)
-                .map_err(|e| step.err(format!("{rel}: {e}")))?;
-            continue;
-        }
-        append_path(&mut b, abs, &md, &target, &flags)
-            .map_err(|e| step.err(format!("{rel}: {e}")))?;
-    }
-    b.into_inner().map_err(|e| step.err(e))
-}
-
-fn header_for(kind: tar::EntryType, mode: u32, mtime: u64, owner: (u64, u64)) -> tar::Header {
-    let mut h = tar::Header::new_gnu();
-    h.set_entry_type(kind);
-    h.set_mode(mode);
-    h.set_mtime(mtime);
-    h.set_uid(owner.0);
-    h.set_gid(owner.1);
-    h.set_size(0);
-    h
-}
-
-fn append_dir(
-    b: &mut tar::Builder<Vec<u8>>,
-    path: &Path,
-    mode: u32,
-    mtime: u64,
-    owner: (u64, u64),
-) -> std::io::Result<()> {
-    let mut h = header_for(tar::EntryType::Directory, mode, mtime, owner);
-    b.append_data(&mut h, path, std::io::empty())
-}
-
-fn append_path(
-    b: &mut tar::Builder<Vec<u8>>,
-    abs: &Path,
-    md: &fs::Metadata,
-    target: &Path,
-    f: &CopyFlags,
-) -> std::io::Result<()> {
-    let owner = f.owner.unwrap_or((0, 0));
-    let mode = f.mode.unwrap_or(md.permissions().mode() & 0o7777);
-    let mtime = md.mtime().max(0) as u64;
-    if md.file_type().is_symlink() {
-        let mut h = header_for(tar::EntryType::Symlink, 0o777, mtime, owner);
-        let link = fs::read_link(abs)?;
-        return b.append_link(&mut h, target, link);
-    }
-    if md.is_dir() {
-        return append_dir(b, target, mode, mtime, owner);
-    }
-    if !md.is_file() {
-        return Err(std::io::Error::other(
-            "only regular files, directories and symlinks can be copied",
-        ));
-    }
-    let mut h = header_for(tar::EntryType::Regular, mode, mtime, owner);
-    h.set_size(md.len());
-    b.append_data(&mut h, target, fs::File::open(abs)?)
-}
-
-fn walk_into(
-    b: &mut tar::Builder<Vec<u8>>,
-    dir: &Path,
-    rel: &str,
-    dest: &Path,
-    ignore: &Ignore,
-    f: &CopyFlags,
-) -> std::io::Result<()> {
-    let mut names: Vec<_> = fs::read_dir(dir)?
-        .flatten()
-        .map(|e| e.file_name())
-        .collect();
-    names.sort();
-    for n in names {
-        let child_rel = if rel.is_empty() {
-            n.to_string_lossy().into_owned()
-        } else {
-            format!("{rel}/{}", n.to_string_lossy())
-        };
-        if ignore.excluded(&child_rel) && !ignore.has_exceptions() {
-            continue;
-        }
-        let abs = dir.join(&n);
-        let md = fs::symlink_metadata(&abs)?;
-        let target = dest.join(&n);
-        if md.is_dir() {
-            if !ignore.excluded(&child_rel) {
-                append_path(b, &abs, &md, &target, f)?;
-            }
-            walk_into(b, &abs, &child_rel, &target, ignore, f)?;
-        } else if !ignore.excluded(&child_rel) {
-            append_path(b, &abs, &md, &target, f)?;
-        }
-    }
-    Ok(())
-}
-
-fn is_archive(p: &Path) -> bool {
-    let mut head = [0u8; 512];
-    let Ok(mut f) = fs::File::open(p) else {
-        return false;
-    };
-    let n = f.read(&mut head).unwrap_or(0);
-    match Compression::detect(&head[..n]) {
-        Compression::Gzip | Compression::Zstd => true,
-        Compression::None => n >= 262 && &head[257..262] == b"ustar",
-    }
-}
-
-/// Re-emits a local archive's entries under `dest` (ADD's auto-extraction). Paths are
-/// cleaned so nothing lands outside `dest`; the unpacker confines them again later.
-fn extract_into(
-    b: &mut tar::Builder<Vec<u8>>,
-    archive: &Path,
-    dest: &Path,
-    f: &CopyFlags,
-) -> std::io::Result<()> {
-    let file = std::io::BufReader::new(fs::File::open(archive)?);
-    let mut head = std::io::BufReader::new(file);
-    let comp = {
-        use std::io::BufRead;
-        Compression::detect(head.fill_buf()?)
-    };
-    let reader: Box<dyn Read> = match comp {
-        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(head)),
-        Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(head)?),
-        Compression::None => Box::new(head),
-    };
-    let mut a = tar::Archive::new(reader);
-    for entry in a.entries()? {
-        let mut entry = entry?;
-        let path = entry.path()?.into_owned();
-        let Some(clean) = crate::unpack::rootfd::clean(&path) else {
-            continue;
-        };
-        let mut h = entry.header().clone();
-        if let Some((u, g)) = f.owner {
-            h.set_uid(u);
-            h.set_gid(g);
-        }
-        let target = dest.join(&clean);
-        match h.entry_type() {
-            tar::EntryType::Link => {
-                let link = entry.link_name()?.unwrap_or_default().into_owned();
-                let link = dest.join(crate::unpack::rootfd::clean(&link).unwrap_or_default());
-                b.append_link(&mut h, &target, link)?;
-            }
-            tar::EntryType::Symlink => {
-                let link = entry.link_name()?.unwrap_or_default().into_owned();
-                b.append_link(&mut h, &target, link)?;
-            }
-            tar::EntryType::XGlobalHeader | tar::EntryType::XHeader => {}
-            _ => {
-                let mut data = Vec::new();
-                entry.read_to_end(&mut data)?;
-                b.append_data(&mut h, &target, &data[..])?;
-            }
-        }
-    }
-    Ok(())
 }
 
 /// RFC 3339 UTC timestamp of now (days-from-civil arithmetic; no calendar crate needed).
