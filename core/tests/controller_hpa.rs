@@ -155,22 +155,53 @@ async fn conditions(store: &Arc<dyn Store>) -> Vec<(String, String, String)> {
         .collect()
 }
 
-#[tokio::test(start_paused = true)]
-async fn cpu_at_twice_the_target_scales_2_to_4_and_reports_status() {
+/// A Deployment whose pods `(name, ready)` run, the autoscaler, and its metrics source.
+struct Fixture {
+    store: Arc<dyn Store>,
+    clock: Clock,
+    metrics: Arc<PodMetrics>,
+    shutdown: CancellationToken,
+}
+
+async fn fixture(pods: &[(&str, bool)]) -> Fixture {
     let (store, clock) = store();
     let metrics = Arc::new(PodMetrics::new());
-    deployment(&store, 2).await;
-    running_pod(&store, &clock, "web-a", true).await;
-    running_pod(&store, &clock, "web-b", true).await;
-    // 500m of 500m requested: 100 % against a 50 % target.
-    set_cpu(&metrics, &clock, &["web-a", "web-b"], 500);
+    deployment(&store, pods.len() as i32).await;
+    for (name, ready) in pods {
+        running_pod(&store, &clock, name, *ready).await;
+    }
     let shutdown = start(&store, clock, metrics.clone());
-    store
-        .create(Object::from(hpa(resource("cpu", utilization(50)), 1, 10)))
-        .await
-        .unwrap();
+    Fixture {
+        store,
+        clock,
+        metrics,
+        shutdown,
+    }
+}
+
+impl Fixture {
+    fn set_cpu(&self, pods: &[&str], millicores: u64) {
+        set_cpu(&self.metrics, &self.clock, pods, millicores);
+    }
+
+    /// Creates the HPA of the Deployment with one metric.
+    async fn autoscale(&self, metric: MetricSpec, min: i32, max: i32) {
+        self.store
+            .create(Object::from(hpa(metric, min, max)))
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn cpu_at_twice_the_target_scales_2_to_4_and_reports_status() {
+    let f = fixture(&[("web-a", true), ("web-b", true)]).await;
+    let store = &f.store;
+    // 500m of 500m requested: 100 % against a 50 % target.
+    f.set_cpu(&["web-a", "web-b"], 500);
+    f.autoscale(resource("cpu", utilization(50)), 1, 10).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(replicas(&store).await, 4);
+    assert_eq!(replicas(store).await, 4);
 
     let api: Api<HorizontalPodAutoscaler> = Api::namespaced(store.clone(), "default");
     let status = api.get("web").await.unwrap().status.clone().unwrap();
@@ -199,7 +230,7 @@ async fn cpu_at_twice_the_target_scales_2_to_4_and_reports_status() {
         rescale.message.as_deref(),
         Some("New size: 4; reason: cpu resource utilization (percentage of request) above target")
     );
-    let conds = conditions(&store).await;
+    let conds = conditions(store).await;
     assert!(conds.contains(&(
         "AbleToScale".into(),
         "True".into(),
@@ -215,55 +246,46 @@ async fn cpu_at_twice_the_target_scales_2_to_4_and_reports_status() {
         "False".into(),
         "DesiredWithinRange".into()
     )));
-    shutdown.cancel();
+    f.shutdown.cancel();
 }
 
 #[tokio::test(start_paused = true)]
 async fn within_the_tolerance_nothing_changes() {
-    let (store, clock) = store();
-    let metrics = Arc::new(PodMetrics::new());
-    deployment(&store, 2).await;
-    running_pod(&store, &clock, "web-a", true).await;
-    running_pod(&store, &clock, "web-b", true).await;
+    let f = fixture(&[("web-a", true), ("web-b", true)]).await;
+    let store = &f.store;
     // 54 % against 50 %: ratio 1.08.
-    set_cpu(&metrics, &clock, &["web-a", "web-b"], 270);
-    let shutdown = start(&store, clock, metrics.clone());
-    store
-        .create(Object::from(hpa(resource("cpu", utilization(50)), 1, 10)))
-        .await
-        .unwrap();
+    f.set_cpu(&["web-a", "web-b"], 270);
+    f.autoscale(resource("cpu", utilization(50)), 1, 10).await;
     tokio::time::sleep(Duration::from_secs(60)).await;
-    assert_eq!(replicas(&store).await, 2);
+    assert_eq!(replicas(store).await, 2);
     let api: Api<HorizontalPodAutoscaler> = Api::namespaced(store.clone(), "default");
     let status = api.get("web").await.unwrap().status.clone().unwrap();
     assert_eq!(status.desired_replicas, 2);
     assert!(status.last_scale_time.is_none());
-    shutdown.cancel();
+    f.shutdown.cancel();
 }
 
 #[tokio::test(start_paused = true)]
 async fn scale_down_waits_for_the_300s_stabilization_window() {
-    let (store, clock) = store();
-    let metrics = Arc::new(PodMetrics::new());
-    deployment(&store, 4).await;
+    let f = fixture(&[
+        ("web-a", true),
+        ("web-b", true),
+        ("web-c", true),
+        ("web-d", true),
+    ])
+    .await;
+    let store = &f.store;
     let names = ["web-a", "web-b", "web-c", "web-d"];
-    for n in names {
-        running_pod(&store, &clock, n, true).await;
-    }
-    set_cpu(&metrics, &clock, &names, 250);
-    let shutdown = start(&store, clock, metrics.clone());
-    store
-        .create(Object::from(hpa(resource("cpu", utilization(50)), 1, 10)))
-        .await
-        .unwrap();
+    f.set_cpu(&names, 250);
+    f.autoscale(resource("cpu", utilization(50)), 1, 10).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(replicas(&store).await, 4, "at target");
+    assert_eq!(replicas(store).await, 4, "at target");
 
     // Load drops to 10 %: the metrics ask for 1 replica at once, the window holds 4.
-    set_cpu(&metrics, &clock, &names, 50);
+    f.set_cpu(&names, 50);
     tokio::time::sleep(Duration::from_secs(290)).await;
-    assert_eq!(replicas(&store).await, 4);
-    let conds = conditions(&store).await;
+    assert_eq!(replicas(store).await, 4);
+    let conds = conditions(store).await;
     assert!(conds.contains(&(
         "AbleToScale".into(),
         "True".into(),
@@ -271,27 +293,21 @@ async fn scale_down_waits_for_the_300s_stabilization_window() {
     )));
     // Five minutes after the last recommendation of 4, the scale-down happens.
     tokio::time::sleep(Duration::from_secs(30)).await;
-    assert_eq!(replicas(&store).await, 1);
-    shutdown.cancel();
+    assert_eq!(replicas(store).await, 1);
+    f.shutdown.cancel();
 }
 
 #[tokio::test(start_paused = true)]
 async fn scale_up_is_rate_limited_and_bounded_by_max_replicas() {
-    let (store, clock) = store();
-    let metrics = Arc::new(PodMetrics::new());
-    deployment(&store, 1).await;
-    running_pod(&store, &clock, "web-a", true).await;
+    let f = fixture(&[("web-a", true)]).await;
+    let store = &f.store;
     // 1000 % of the request against a 50 % target: the metric asks for 20.
-    set_cpu(&metrics, &clock, &["web-a"], 5000);
-    let shutdown = start(&store, clock, metrics.clone());
-    store
-        .create(Object::from(hpa(resource("cpu", utilization(50)), 1, 8)))
-        .await
-        .unwrap();
+    f.set_cpu(&["web-a"], 5000);
+    f.autoscale(resource("cpu", utilization(50)), 1, 8).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     // 4 pods per 15 s beats 100 % from 1.
-    assert_eq!(replicas(&store).await, 5);
-    let conds = conditions(&store).await;
+    assert_eq!(replicas(store).await, 5);
+    let conds = conditions(store).await;
     assert!(conds.contains(&(
         "ScalingLimited".into(),
         "True".into(),
@@ -299,61 +315,51 @@ async fn scale_up_is_rate_limited_and_bounded_by_max_replicas() {
     )));
     // The next period (the same single pod still reports): capped by maxReplicas.
     tokio::time::sleep(Duration::from_secs(15)).await;
-    assert_eq!(replicas(&store).await, 8);
-    let conds = conditions(&store).await;
+    assert_eq!(replicas(store).await, 8);
+    let conds = conditions(store).await;
     assert!(conds.contains(&(
         "ScalingLimited".into(),
         "True".into(),
         "TooManyReplicas".into()
     )));
-    shutdown.cancel();
+    f.shutdown.cancel();
 }
 
 #[tokio::test(start_paused = true)]
 async fn unready_pods_are_left_out_of_a_scale_up() {
-    let (store, clock) = store();
-    let metrics = Arc::new(PodMetrics::new());
-    deployment(&store, 4).await;
-    running_pod(&store, &clock, "web-a", true).await;
-    for n in ["web-b", "web-c", "web-d"] {
-        running_pod(&store, &clock, n, false).await;
-    }
+    let f = fixture(&[
+        ("web-a", true),
+        ("web-b", false),
+        ("web-c", false),
+        ("web-d", false),
+    ])
+    .await;
+    let store = &f.store;
     // web-a at 120 % (ratio 2.4); the unready pods would report 200 % but count as idle:
     // (600 + 0 + 0 + 0) / 2000 = 30 % — a scale-up would become a scale-down, so nothing
     // changes.
-    set_cpu(&metrics, &clock, &["web-a"], 600);
-    set_cpu(&metrics, &clock, &["web-b", "web-c", "web-d"], 1000);
-    let shutdown = start(&store, clock, metrics.clone());
-    store
-        .create(Object::from(hpa(resource("cpu", utilization(50)), 1, 10)))
-        .await
-        .unwrap();
+    f.set_cpu(&["web-a"], 600);
+    f.set_cpu(&["web-b", "web-c", "web-d"], 1000);
+    f.autoscale(resource("cpu", utilization(50)), 1, 10).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(replicas(&store).await, 4);
-    shutdown.cancel();
+    assert_eq!(replicas(store).await, 4);
+    f.shutdown.cancel();
 }
 
 #[tokio::test(start_paused = true)]
 async fn memory_average_value_and_missing_metrics_are_reported() {
-    let (store, clock) = store();
-    let metrics = Arc::new(PodMetrics::new());
-    deployment(&store, 2).await;
-    running_pod(&store, &clock, "web-a", true).await;
-    running_pod(&store, &clock, "web-b", true).await;
-    let shutdown = start(&store, clock, metrics.clone());
+    let f = fixture(&[("web-a", true), ("web-b", true)]).await;
+    let store = &f.store;
     let target = MetricTarget {
         type_: "AverageValue".into(),
         average_value: Some(Quantity("100Mi".into())),
         ..Default::default()
     };
-    store
-        .create(Object::from(hpa(resource("memory", target), 1, 10)))
-        .await
-        .unwrap();
+    f.autoscale(resource("memory", target), 1, 10).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     // No metrics at all: ScalingActive False, no change.
-    assert_eq!(replicas(&store).await, 2);
-    let conds = conditions(&store).await;
+    assert_eq!(replicas(store).await, 2);
+    let conds = conditions(store).await;
     assert!(conds.contains(&(
         "ScalingActive".into(),
         "False".into(),
@@ -361,10 +367,10 @@ async fn memory_average_value_and_missing_metrics_are_reported() {
     )));
 
     // 200Mi per pod against 100Mi: 4 replicas.
-    set_cpu(&metrics, &clock, &["web-a", "web-b"], 100);
+    f.set_cpu(&["web-a", "web-b"], 100);
     tokio::time::sleep(Duration::from_secs(15)).await;
-    assert_eq!(replicas(&store).await, 4);
-    shutdown.cancel();
+    assert_eq!(replicas(store).await, 4);
+    f.shutdown.cancel();
 }
 
 /// End to end on a simulated cluster: the simulated runtime reports the usage the test sets,

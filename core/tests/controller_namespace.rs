@@ -109,6 +109,18 @@ async fn a_new_namespace_is_active_with_the_kubernetes_finalizer() {
         Some(&[NAMESPACE_FINALIZER.to_string()][..])
     );
     assert_eq!(ns_status(&created).0.as_deref(), Some("Active"));
+    // An update that does not mention spec.finalizers keeps them.
+    let mut relabeled = Namespace::default();
+    relabeled.metadata.name = Some("team-a".into());
+    relabeled.metadata.labels = Some(labels(&[("team", "a")]));
+    let updated = store.update(Object::from(relabeled)).await.unwrap();
+    let spec = updated
+        .as_kind::<Namespace>()
+        .unwrap()
+        .spec
+        .clone()
+        .unwrap();
+    assert_eq!(spec.finalizers, Some(vec![NAMESPACE_FINALIZER.to_string()]));
     // Without the controller, a deleted namespace stays Terminating.
     store
         .delete(&Kind::Namespace, None, "team-a", &DeleteOptions::default())

@@ -267,6 +267,7 @@ impl MemoryStore {
             new
         } else {
             meta::merge_update_meta(&kind, old.meta(), object.meta_mut())?;
+            meta::keep_namespace_finalizers(&old, &mut object);
             meta::copy_status(&old, &mut object);
             if meta::content_changed(&old, &mut object) {
                 let generation = old.meta().generation.unwrap_or(0) + 1;

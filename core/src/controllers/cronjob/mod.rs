@@ -53,6 +53,11 @@ const NEXT_SCHEDULE_DELTA: Duration = Duration::from_millis(100);
 /// The component name on the controller's events.
 const COMPONENT: &str = "cronjob-controller";
 
+/// Records an event about the CronJob from this controller.
+async fn note(ctx: &Context, cronjob: &Object, type_: EventType, reason: &str, message: &str) {
+    record(ctx, COMPONENT, cronjob, type_, reason, message).await;
+}
+
 /// The CronJob reconciler.
 #[derive(Default)]
 pub struct CronJobController;
@@ -180,15 +185,7 @@ impl Reconciler for CronJobController {
                     }
                     if old_active.contains_key(o.uid()) {
                         let message = format!("Saw completed job: {}, condition: {kind}", o.name());
-                        record(
-                            ctx,
-                            COMPONENT,
-                            &object,
-                            EventType::Normal,
-                            "SawCompletedJob",
-                            &message,
-                        )
-                        .await;
+                        note(ctx, &object, EventType::Normal, "SawCompletedJob", &message).await;
                     }
                 }
                 None if o.meta().deletion_timestamp.is_none() => active.push(o.clone()),
@@ -227,15 +224,7 @@ impl Reconciler for CronJobController {
                     ScheduleError::Unparseable { .. } => "UnparseableSchedule",
                     ScheduleError::UnknownTimeZone { .. } => "UnknownTimeZone",
                 };
-                record(
-                    ctx,
-                    COMPONENT,
-                    &object,
-                    EventType::Warning,
-                    reason,
-                    &e.to_string(),
-                )
-                .await;
+                note(ctx, &object, EventType::Warning, reason, &e.to_string()).await;
                 self.write_status(ctx, &object, &cronjob, finish(status, &active))
                     .await?;
                 return Ok(Action::AwaitChange);
@@ -270,9 +259,8 @@ impl Reconciler for CronJobController {
             let message = format!(
                 "too many missed start times (more than {MAX_MISSED_SCHEDULES}): only the latest starts; set or decrease .spec.startingDeadlineSeconds or check clock skew"
             );
-            record(
+            note(
                 ctx,
-                COMPONENT,
                 &object,
                 EventType::Warning,
                 "TooManyMissedTimes",
@@ -285,15 +273,7 @@ impl Reconciler for CronJobController {
                 "Missed scheduled time to start a job: {}",
                 schedule.format_rfc3339(due.scheduled)
             );
-            record(
-                ctx,
-                COMPONENT,
-                &object,
-                EventType::Warning,
-                "MissSchedule",
-                &message,
-            )
-            .await;
+            note(ctx, &object, EventType::Warning, "MissSchedule", &message).await;
             self.write_status(ctx, &object, &cronjob, finish(status, &active))
                 .await?;
             return Ok(requeue());
@@ -319,9 +299,8 @@ impl Reconciler for CronJobController {
                 for job in std::mem::take(&mut active) {
                     self.delete_job(ctx, &object, &job).await?;
                     let message = format!("Deleted job {}", job.name());
-                    record(
+                    note(
                         ctx,
-                        COMPONENT,
                         &object,
                         EventType::Normal,
                         "SuccessfulDelete",
@@ -340,28 +319,12 @@ impl Reconciler for CronJobController {
             Err(StoreError::AlreadyExists { .. }) => {
                 // Someone else's Job holds the name; a Job of ours would have been in `owned`.
                 let message = format!("job {name} exists and is not controlled by this CronJob");
-                record(
-                    ctx,
-                    COMPONENT,
-                    &object,
-                    EventType::Warning,
-                    "FailedCreate",
-                    &message,
-                )
-                .await;
+                note(ctx, &object, EventType::Warning, "FailedCreate", &message).await;
                 return Ok(requeue());
             }
             Err(e) => {
                 let message = format!("Error creating job: {e}");
-                record(
-                    ctx,
-                    COMPONENT,
-                    &object,
-                    EventType::Warning,
-                    "FailedCreate",
-                    &message,
-                )
-                .await;
+                note(ctx, &object, EventType::Warning, "FailedCreate", &message).await;
                 return Err(ControllerError::store("create job for", &object, e));
             }
         };
@@ -369,9 +332,8 @@ impl Reconciler for CronJobController {
             .wait_observed(&Observed::Written(created.clone()))
             .await;
         let message = format!("Created job {name}");
-        record(
+        note(
             ctx,
-            COMPONENT,
             &object,
             EventType::Normal,
             "SuccessfulCreate",

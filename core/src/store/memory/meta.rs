@@ -362,6 +362,19 @@ pub fn prepare_namespace(object: &mut Object) {
     ns.status.get_or_insert_with(Default::default).phase = Some("Active".into());
 }
 
+/// An update of a Namespace that does not mention `spec.finalizers` keeps the stored ones
+/// (an update that lists them, even empty, sets them: Wharf's `/finalize`).
+pub fn keep_namespace_finalizers(old: &Object, new: &mut Object) {
+    let (Object::Namespace(old), Object::Namespace(new)) = (old, new) else {
+        return;
+    };
+    let stored = old.spec.as_ref().and_then(|s| s.finalizers.clone());
+    let spec = new.spec.get_or_insert_with(Default::default);
+    if spec.finalizers.is_none() {
+        spec.finalizers = stored;
+    }
+}
+
 /// A Namespace marked for deletion shows phase Terminating.
 pub fn mark_namespace_terminating(object: &mut Object) {
     if let Object::Namespace(ns) = object {
