@@ -541,9 +541,9 @@ fn container(plan: &InitPlan, sock: &UnixDatagram) -> StepResult<std::convert::I
                 .step(|| format!("startContainer hook {}", h.path().display()))?;
         }
     }
-    load_seccomp_late(&plan.process)?;
     sys::cloexec_from(3 + plan.process.preserve_fds)
         .step(|| "close inherited descriptors".into())?;
+    load_seccomp_late(&plan.process)?;
     let err = sys::execve(&exec.path, &exec.argv, &exec.envp);
     Err(StepError {
         step: format!("exec {}", exec.path.to_string_lossy()),
@@ -668,8 +668,9 @@ pub fn prepare_exec(p: &ProcessPlan) -> StepResult<Exec> {
     })
 }
 
-/// With no_new_privs the filter is loaded as late as possible, so the fewest syscalls
-/// (`close_range`, `execve`) run under it before the user's program.
+/// With no_new_privs the filter is loaded as late as possible — after `close_range`,
+/// so only `execve` runs under it before the user's program (a strict profile need
+/// not allow the runtime's own syscalls).
 fn load_seccomp_late(p: &ProcessPlan) -> StepResult<()> {
     match &p.seccomp {
         Some(f) if p.no_new_privs => f.load().step(|| "load seccomp filter".into()),
@@ -680,8 +681,8 @@ fn load_seccomp_late(p: &ProcessPlan) -> StepResult<()> {
 /// Runs `prepare_exec` then `execve` (for exec into a running container).
 pub fn exec_now(p: &ProcessPlan) -> StepResult<std::convert::Infallible> {
     let exec = prepare_exec(p)?;
-    load_seccomp_late(p)?;
     sys::cloexec_from(3 + p.preserve_fds).step(|| "close inherited descriptors".into())?;
+    load_seccomp_late(p)?;
     let err = sys::execve(&exec.path, &exec.argv, &exec.envp);
     Err(StepError {
         step: format!("exec {}", exec.path.to_string_lossy()),
