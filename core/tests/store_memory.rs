@@ -415,3 +415,38 @@ proptest! {
         });
     }
 }
+
+#[tokio::test]
+async fn bind_is_one_write_and_one_event() {
+    let store = MemoryStore::new();
+    let created = store.create(pod("b", "p", &[], None)).await.unwrap();
+    let mut all = store
+        .watch(
+            &Kind::Pod,
+            &WatchOptions {
+                resource_version: created.resource_version(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let binding = wharf_core::store::PodBinding::of(&created, "n1", Clock::new().now_k8s());
+    let bound = store.bind(&binding).await.unwrap();
+    assert_eq!(
+        bound.resource_version(),
+        created.resource_version().map(|rv| rv + 1),
+        "one resourceVersion for spec and status"
+    );
+    tokio::task::yield_now().await;
+    let events = drain(&mut all);
+    assert_eq!(events.len(), 1, "one event: {events:?}");
+    let WatchEvent::Modified(o) = &events[0] else {
+        panic!("expected Modified, got {:?}", events[0]);
+    };
+    assert_eq!(o.field("spec.nodeName").as_deref(), Some("n1"));
+    let pod = o.as_kind::<Pod>().unwrap();
+    let conditions = pod.status.as_ref().unwrap().conditions.as_ref().unwrap();
+    assert!(conditions
+        .iter()
+        .any(|c| c.type_ == "PodScheduled" && c.status == "True"));
+}

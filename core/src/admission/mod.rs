@@ -269,4 +269,8 @@ impl<S: Store> Store for AdmittingStore<S> {
     async fn kinds(&self) -> Result<Vec<Kind>> {
         self.inner.kinds().await
     }
+
+    async fn bind(&self, binding: &crate::store::PodBinding) -> Result<Arc<Object>> {
+        self.inner.bind(binding).await
+    }
 }

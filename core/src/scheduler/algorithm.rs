@@ -158,10 +158,16 @@ impl Algorithm {
         self.feasible.clear();
         let start = self.next_start % n;
         let mut processed = 0;
+        let mut idx = start;
         while processed < n && self.feasible.len() < want {
-            let idx = (start + processed) % n;
-            processed += 1;
             let node = &nodes[idx];
+            let this = idx;
+            processed += 1;
+            // Wrap around without a division per node.
+            idx += 1;
+            if idx == n {
+                idx = 0;
+            }
             let mut fits = true;
             for &fi in &self.active_filters {
                 if let Err(reason) = self.profile.filters[fi].filter(pod, node, &state) {
@@ -171,10 +177,10 @@ impl Algorithm {
                 }
             }
             if fits {
-                self.feasible.push(idx);
+                self.feasible.push(this);
             }
         }
-        self.next_start = (start + processed) % n;
+        self.next_start = idx;
 
         match self.feasible.len() {
             0 => {
@@ -215,7 +221,9 @@ impl Algorithm {
                 ties = 1;
             } else if self.totals[i] == self.totals[best] {
                 ties += 1;
-                if self.next_random().is_multiple_of(ties) {
+                // Replace with probability 1/ties: the high word of random × ties is
+                // uniform in 0..ties (Lemire's multiply-shift, no division).
+                if (self.next_random() as u128 * ties as u128) >> 64 == 0 {
                     best = i;
                 }
             }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tokio::time::{Duration, Instant};
 
-use super::framework::{NodeInfo, PodInfo, Snapshot};
+use super::framework::{NodeInfo, NodeTraits, PodInfo, Snapshot};
 
 /// Nodes and the pods on them.
 #[derive(Default)]
@@ -17,6 +17,7 @@ pub struct ClusterCache {
     /// Pod uid → node name, for every pod accounted on a node.
     placed: HashMap<String, String>,
     pods_with_affinity: usize,
+    traits: NodeTraits,
 }
 
 impl ClusterCache {
@@ -25,6 +26,7 @@ impl ClusterCache {
         Snapshot {
             nodes: &self.nodes,
             pods_with_affinity: self.pods_with_affinity,
+            node_traits: self.traits,
         }
     }
 
@@ -47,10 +49,16 @@ impl ClusterCache {
     pub fn upsert_node(&mut self, node: Arc<crate::Object>) {
         let name = node.name().to_string();
         match self.index.get(&name) {
-            Some(&i) => self.nodes[i].set_node(node),
+            Some(&i) => {
+                self.traits.count(&self.nodes[i], -1);
+                self.nodes[i].set_node(node);
+                self.traits.count(&self.nodes[i], 1);
+            }
             None => {
+                let info = NodeInfo::new(node);
+                self.traits.count(&info, 1);
                 self.index.insert(name, self.nodes.len());
-                self.nodes.push(NodeInfo::new(node));
+                self.nodes.push(info);
             }
         }
     }
@@ -62,6 +70,7 @@ impl ClusterCache {
         };
         let removed = self.nodes.swap_remove(i);
         self.pods_with_affinity -= removed.pods_with_affinity;
+        self.traits.count(&removed, -1);
         for p in &removed.pods {
             self.placed.remove(p.object.uid());
         }

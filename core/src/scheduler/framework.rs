@@ -304,6 +304,18 @@ impl NodeInfo {
         self.node.meta().labels.as_ref()
     }
 
+    /// Whether the node has a `PreferNoSchedule` taint (which only scoring looks at).
+    pub fn has_soft_taints(&self) -> bool {
+        self.taints.iter().any(|t| t.effect == "PreferNoSchedule")
+    }
+
+    /// Whether the node has a `NoSchedule` or `NoExecute` taint (which filtering looks at).
+    pub fn has_hard_taints(&self) -> bool {
+        self.taints
+            .iter()
+            .any(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
+    }
+
     /// The value of a node label.
     pub fn label(&self, key: &str) -> Option<&str> {
         self.labels().and_then(|l| l.get(key)).map(String::as_str)
@@ -348,6 +360,35 @@ pub struct Snapshot<'a> {
     /// How many pods in the cluster have pod affinity or anti-affinity terms: when none do,
     /// the inter-pod affinity plugins skip pods that have none themselves.
     pub pods_with_affinity: usize,
+    /// How many nodes have traits some plugins check: when none has one, those plugins need
+    /// not look at each node.
+    pub node_traits: NodeTraits,
+}
+
+/// Counts of nodes with a trait that only some plugins care about, kept up to date by the
+/// scheduler's cache as nodes come, change and go.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeTraits {
+    /// Nodes with `spec.unschedulable`.
+    pub unschedulable: usize,
+    /// Nodes with a `NoSchedule` or `NoExecute` taint.
+    pub hard_taints: usize,
+    /// Nodes with a `PreferNoSchedule` taint.
+    pub soft_taints: usize,
+}
+
+impl NodeTraits {
+    /// Adds (`sign = 1`) or removes (`sign = -1`) a node's traits.
+    pub fn count(&mut self, node: &NodeInfo, sign: isize) {
+        let add = |n: &mut usize, has: bool| {
+            if has {
+                *n = n.wrapping_add_signed(sign);
+            }
+        };
+        add(&mut self.unschedulable, node.unschedulable);
+        add(&mut self.hard_taints, node.has_hard_taints());
+        add(&mut self.soft_taints, node.has_soft_taints());
+    }
 }
 
 /// Why a node does not fit a pod, in kube-scheduler's words (counted across nodes in the

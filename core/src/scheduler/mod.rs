@@ -30,7 +30,7 @@ use tokio::time::{Duration, Instant};
 
 use crate::clock::Clock;
 use crate::object::{Kind, Object};
-use crate::store::{Store, StoreError, WatchEvent, WatchOptions};
+use crate::store::{PodBinding, Store, StoreError, WatchEvent, WatchOptions};
 use algorithm::{Algorithm, FitError, Profile};
 use cache::{ClusterCache, SchedulingQueue};
 use framework::PodInfo;
@@ -301,27 +301,10 @@ impl Scheduler {
         }
     }
 
+    /// Binds through the store's `bind` (spec.nodeName and PodScheduled=True in one write).
     async fn bind(&self, object: &Arc<Object>, node_name: &str) -> Result<(), StoreError> {
-        let Some(pod) = object.as_kind::<Pod>() else {
-            return Ok(());
-        };
-        let mut bound = pod.clone();
-        bound.spec.get_or_insert_with(Default::default).node_name = Some(node_name.to_string());
-        let stored = self.store.update(bound.into()).await?;
-        let mut with_status = stored.as_kind::<Pod>().cloned().unwrap_or_default();
-        set_condition(
-            with_status.status.get_or_insert_with(PodStatus::default),
-            PodCondition {
-                type_: "PodScheduled".into(),
-                status: "True".into(),
-                last_transition_time: Some(self.clock.now_k8s()),
-                ..Default::default()
-            },
-        );
-        match self.store.update_status(with_status.into()).await {
-            Ok(_) | Err(StoreError::Conflict { .. }) | Err(StoreError::NotFound { .. }) => Ok(()),
-            Err(e) => Err(e),
-        }
+        let binding = PodBinding::of(object, node_name, self.clock.now_k8s());
+        self.store.bind(&binding).await.map(|_| ())
     }
 
     async fn report_unschedulable(
@@ -365,18 +348,4 @@ impl Scheduler {
     }
 }
 
-/// Sets a pod condition, keeping `lastTransitionTime` when the status did not change.
-pub fn set_condition(status: &mut PodStatus, condition: PodCondition) {
-    let conditions = status.conditions.get_or_insert_with(Vec::new);
-    match conditions.iter_mut().find(|c| c.type_ == condition.type_) {
-        Some(existing) => {
-            let keep_time = existing.status == condition.status;
-            let time = existing.last_transition_time.clone();
-            *existing = condition;
-            if keep_time {
-                existing.last_transition_time = time;
-            }
-        }
-        None => conditions.push(condition),
-    }
-}
+pub use crate::store::binding::set_pod_condition as set_condition;

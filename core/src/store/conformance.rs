@@ -23,6 +23,7 @@
 //! watcher of unscheduled pods); a bookmark closing the initial events of a watch started
 //! without a resourceVersion; and `Expired` rather than a silent gap once history is gone.
 
+mod binding;
 mod deletion;
 mod objects;
 mod watch;
@@ -35,6 +36,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod, PodSpec};
 use super::{Store, StoreError};
 use crate::object::{Kind, Object};
 
+pub use binding::pod_binding;
 pub use deletion::{finalizers, graceful_pod_deletion};
 pub use objects::{conflicts, crud, generation, names_and_scope, selectors, status_separation};
 pub use watch::{
@@ -50,6 +52,7 @@ pub async fn run_all(make: &dyn Fn() -> Arc<dyn Store>) {
     conflicts(make()).await;
     generation(make()).await;
     status_separation(make()).await;
+    pod_binding(make()).await;
     selectors(make()).await;
     finalizers(make()).await;
     graceful_pod_deletion(make()).await;

@@ -31,8 +31,8 @@ use self::watch::{event_for, MemoryWatch, Registry, Route};
 use crate::clock::Clock;
 use crate::object::{Kind, Object};
 use crate::store::{
-    DeleteOptions, Deleted, ListOptions, ObjectList, Result, Store, StoreError, WatchEvent,
-    WatchOptions, WatchStream,
+    DeleteOptions, Deleted, ListOptions, ObjectList, PodBinding, Result, Store, StoreError,
+    WatchEvent, WatchOptions, WatchStream,
 };
 
 pub use self::meta::{
@@ -500,5 +500,27 @@ impl Store for MemoryStore {
                 .cloned(),
         );
         Ok(kinds)
+    }
+
+    /// One write: the pod is copied once, given its node and condition, and committed as a
+    /// single change (one resourceVersion, one event per watcher).
+    async fn bind(&self, binding: &PodBinding) -> Result<Arc<Object>> {
+        let shared = &self.shared;
+        let state = shared.write();
+        let old = state
+            .get(&Kind::Pod, Some(&binding.namespace), &binding.name)
+            .cloned()
+            .ok_or_else(|| Self::not_found(&Kind::Pod, Some(&binding.namespace), &binding.name))?;
+        let mut pod = binding.bound_spec(&old)?;
+        binding.set_scheduled(&mut pod);
+        // As an update of the spec would: the pod's content changed.
+        pod.metadata.generation = Some(old.meta().generation.unwrap_or(0) + 1);
+        Ok(shared.commit(
+            state,
+            &Kind::Pod,
+            ChangeType::Modified,
+            pod.into(),
+            Some(old),
+        ))
     }
 }

@@ -25,6 +25,7 @@
 //!
 //! Objects are shared as `Arc<Object>`: a list or a watch event never copies an object.
 
+pub mod binding;
 pub mod conformance;
 pub mod memory;
 pub mod selector;
@@ -36,6 +37,7 @@ use async_trait::async_trait;
 use futures::Stream;
 
 use crate::object::{Kind, Object, Resource, Typed};
+pub use binding::PodBinding;
 pub use selector::{FieldSelector, LabelSelector, SelectorError};
 
 /// Result of a store operation.
@@ -327,6 +329,39 @@ pub trait Store: Send + Sync + 'static {
     /// should add those it holds.
     async fn kinds(&self) -> Result<Vec<Kind>> {
         Ok(Kind::BUILTIN.to_vec())
+    }
+
+    /// Binds a pending pod to a node, as the API server's `pods/binding` subresource: sets
+    /// `spec.nodeName` and the `PodScheduled=True` condition. A pod already bound or being
+    /// deleted is refused with [`StoreError::Invalid`] on `spec.nodeName`; a pod that is gone,
+    /// or has another uid than the binding names, is [`StoreError::NotFound`].
+    ///
+    /// This default makes two writes (the spec, conditional on the version read, then the
+    /// status); a backend that can write both at once should override it, as
+    /// [`MemoryStore`](memory::MemoryStore) does, so that watchers see one change.
+    async fn bind(&self, binding: &PodBinding) -> Result<Arc<Object>> {
+        let stored = self
+            .get(&Kind::Pod, Some(&binding.namespace), &binding.name)
+            .await?;
+        let mut written = self.update(binding.bound_spec(&stored)?.into()).await?;
+        // The status write races with other status writers (the node agent may already
+        // report): re-read and retry on conflict, a few times.
+        for _ in 0..5 {
+            let mut pod = written
+                .as_kind::<k8s_openapi::api::core::v1::Pod>()
+                .cloned()
+                .unwrap_or_default();
+            binding.set_scheduled(&mut pod);
+            match self.update_status(pod.into()).await {
+                Err(StoreError::Conflict { .. }) => {
+                    written = self
+                        .get(&Kind::Pod, Some(&binding.namespace), &binding.name)
+                        .await?;
+                }
+                other => return other,
+            }
+        }
+        Ok(written)
     }
 }
 

@@ -1,4 +1,6 @@
-use crate::scheduler::framework::{CycleState, FilterPlugin, NodeInfo, PodInfo, Reason};
+use crate::scheduler::framework::{
+    CycleState, FilterPlugin, NodeInfo, PodInfo, Prepared, Reason, Snapshot,
+};
 
 use super::taint_toleration::tolerates;
 
@@ -11,6 +13,20 @@ const UNSCHEDULABLE_TAINT: &str = "node.kubernetes.io/unschedulable";
 impl FilterPlugin for NodeUnschedulable {
     fn name(&self) -> &'static str {
         "NodeUnschedulable"
+    }
+
+    fn pre_filter(
+        &self,
+        _: &PodInfo,
+        snapshot: &Snapshot<'_>,
+        _: &mut CycleState,
+    ) -> Result<Prepared, Reason> {
+        // No node is unschedulable: nothing to check per node.
+        Ok(if snapshot.node_traits.unschedulable > 0 {
+            Prepared::Continue
+        } else {
+            Prepared::Skip
+        })
     }
 
     fn filter(&self, pod: &PodInfo, node: &NodeInfo, _: &CycleState) -> Result<(), Reason> {

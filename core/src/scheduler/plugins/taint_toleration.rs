@@ -35,6 +35,20 @@ impl FilterPlugin for TaintToleration {
         "TaintToleration"
     }
 
+    fn pre_filter(
+        &self,
+        _: &PodInfo,
+        snapshot: &Snapshot<'_>,
+        _: &mut CycleState,
+    ) -> Result<Prepared, Reason> {
+        // No node has a taint this filter looks at: nothing to check per node.
+        Ok(if snapshot.node_traits.hard_taints > 0 {
+            Prepared::Continue
+        } else {
+            Prepared::Skip
+        })
+    }
+
     fn filter(&self, pod: &PodInfo, node: &NodeInfo, _: &CycleState) -> Result<(), Reason> {
         if node.taints.is_empty() {
             return Ok(());
@@ -68,11 +82,7 @@ impl ScorePlugin for TaintToleration {
     }
 
     fn pre_score(&self, _: &PodInfo, snapshot: &Snapshot<'_>, _: &mut CycleState) -> Prepared {
-        let any = snapshot
-            .nodes
-            .iter()
-            .any(|n| n.taints.iter().any(|t| t.effect == "PreferNoSchedule"));
-        if any {
+        if snapshot.node_traits.soft_taints > 0 {
             Prepared::Continue
         } else {
             Prepared::Skip

@@ -1,0 +1,212 @@
+//! End to end in one process: a Deployment of N replicas on N/10 simulated nodes (store,
+//! controllers, scheduler and one node agent per node with simulated backends, all from
+//! `ClusterBuilder`), timed from the create of the Deployment until it reports N updated,
+//! ready and available replicas (every pod scheduled, started by its node agent, Running and
+//! Ready), then a rolling update of its image (25 % surge, 25 % unavailable) until the same
+//! holds for the new template.
+//!
+//! Sizes: 1,000 and 10,000 replicas; set `WHARF_E2E_N=1000,10000,100000` to choose others
+//! (100,000 needs ~6 GiB and minutes). The summary prints each size's times and the growth
+//! ratio from one size to the next against n·log n, the bound the issue sets.
+//!
+//! No peer runs beside it: Kubernetes' control plane and kubelets cannot run in this process.
+//!
+//! Run: `cargo bench -p wharf-core --bench e2e`
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{Container, Node, PodSpec, PodTemplateSpec, ResourceRequirements};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use wharf_core::cluster::{Cluster, ClusterBuilder};
+use wharf_core::node::NodeConfig;
+use wharf_core::store::{Api, ListOptions, WatchOptions};
+
+fn deployment(replicas: i32, image: &str) -> Deployment {
+    let labels = BTreeMap::from([("app".to_string(), "e2e".to_string())]);
+    let requests = BTreeMap::from([
+        ("cpu".to_string(), Quantity("10m".into())),
+        ("memory".to_string(), Quantity("16Mi".into())),
+    ]);
+    Deployment {
+        metadata: ObjectMeta {
+            name: Some("e2e".into()),
+            namespace: Some("default".into()),
+            ..Default::default()
+        },
+        spec: Some(DeploymentSpec {
+            replicas: Some(replicas),
+            selector: LabelSelector {
+                match_labels: Some(labels.clone()),
+                ..Default::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![Container {
+                        name: "app".into(),
+                        image: Some(image.into()),
+                        resources: Some(ResourceRequirements {
+                            requests: Some(requests),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// Waits until the Deployment reports `n` updated, ready and available replicas of its
+/// current generation and no others.
+async fn rolled_out(api: &Api<Deployment>, n: i32) {
+    let done = |d: &Deployment| {
+        let s = d.status.clone().unwrap_or_default();
+        s.replicas == Some(n)
+            && s.updated_replicas == Some(n)
+            && s.ready_replicas == Some(n)
+            && s.available_replicas == Some(n)
+            && s.observed_generation == d.metadata.generation
+    };
+    let mut watch = api.watch(&WatchOptions::default()).await.unwrap();
+    while let Some(Ok(event)) = watch.next().await {
+        if let Some(d) = event.object().and_then(|o| o.as_kind::<Deployment>()) {
+            if done(d) {
+                return;
+            }
+        }
+    }
+    panic!("watch of the Deployment ended before it rolled out");
+}
+
+/// A cluster of `nodes` simulated nodes, every node registered.
+async fn cluster(nodes: usize) -> Cluster {
+    let cluster = ClusterBuilder::new()
+        .simulated_nodes(nodes, |i| NodeConfig::new(&format!("node-{i}")))
+        .start()
+        .await
+        .unwrap();
+    let api: Api<Node> = cluster.api_all();
+    while api.list(&ListOptions::default()).await.unwrap().len() < nodes {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cluster
+}
+
+/// One run at `n` replicas: (apply → all Ready, rolling update → all Ready).
+async fn run(n: usize) -> (Duration, Duration) {
+    let cluster = cluster((n / 10).max(1)).await;
+    let api: Api<Deployment> = cluster.api("default");
+
+    let start = Instant::now();
+    api.create(deployment(n as i32, "app:v1")).await.unwrap();
+    rolled_out(&api, n as i32).await;
+    let create = start.elapsed();
+
+    let start = Instant::now();
+    let mut d = api.get("e2e").await.unwrap().to_owned_value();
+    let spec = d.spec.as_mut().unwrap().template.spec.as_mut().unwrap();
+    spec.containers[0].image = Some("app:v2".into());
+    api.update(d).await.unwrap();
+    rolled_out(&api, n as i32).await;
+    let update = start.elapsed();
+
+    cluster.shutdown().await;
+    (create, update)
+}
+
+fn sizes() -> Vec<usize> {
+    std::env::var("WHARF_E2E_N")
+        .ok()
+        .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .filter(|v: &Vec<usize>| !v.is_empty())
+        .unwrap_or_else(|| vec![1_000, 10_000])
+}
+
+fn e2e(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut group = c.benchmark_group("e2e");
+    group.sample_size(10);
+    let mut summary: Vec<(usize, Duration, Duration)> = Vec::new();
+    for n in sizes() {
+        group.bench_with_input(
+            BenchmarkId::new("deployment_apply_then_rolling_update", n),
+            &n,
+            |b, &n| {
+                b.iter_custom(|iters| {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        let (create, update) = rt.block_on(run(n));
+                        println!(
+                            "  n={n}: apply -> all Ready {:.3} s, rolling update {:.3} s",
+                            create.as_secs_f64(),
+                            update.as_secs_f64()
+                        );
+                        summary.push((n, create, update));
+                        total += create + update;
+                    }
+                    total
+                })
+            },
+        );
+    }
+    group.finish();
+
+    // Per size: the median of the runs criterion made; then growth against n log n.
+    let mut medians: Vec<(usize, f64, f64)> = Vec::new();
+    for n in sizes() {
+        let mut creates: Vec<f64> = summary
+            .iter()
+            .filter(|r| r.0 == n)
+            .map(|r| r.1.as_secs_f64())
+            .collect();
+        let mut updates: Vec<f64> = summary
+            .iter()
+            .filter(|r| r.0 == n)
+            .map(|r| r.2.as_secs_f64())
+            .collect();
+        if creates.is_empty() {
+            continue;
+        }
+        creates.sort_by(f64::total_cmp);
+        updates.sort_by(f64::total_cmp);
+        let (c, u) = (creates[creates.len() / 2], updates[updates.len() / 2]);
+        println!(
+            "e2e n={n} on {} nodes: apply -> all Ready {c:.3} s ({:.0} pods/s), rolling update {u:.3} s ({:.0} pods/s) [median of {}]",
+            (n / 10).max(1),
+            n as f64 / c,
+            n as f64 / u,
+            creates.len()
+        );
+        medians.push((n, c, u));
+    }
+    for pair in medians.windows(2) {
+        let ((n0, c0, u0), (n1, c1, u1)) = (pair[0], pair[1]);
+        let nlogn = |n: usize| n as f64 * (n as f64).ln();
+        println!(
+            "e2e growth {n0} -> {n1}: apply x{:.2}, rolling update x{:.2}; n x{:.2}, n log n x{:.2}",
+            c1 / c0,
+            u1 / u0,
+            n1 as f64 / n0 as f64,
+            nlogn(n1) / nlogn(n0)
+        );
+    }
+}
+
+criterion_group!(benches, e2e);
+criterion_main!(benches);
