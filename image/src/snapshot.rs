@@ -52,6 +52,27 @@ impl Snapshots {
         if self.contains(diff_id) {
             return Ok(None);
         }
+        let f = fs::File::open(blob).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => ImageError::BlobNotFound(digest.clone()),
+            _ => ImageError::io("open", blob, e),
+        })?;
+        self.ensure_from(f, digest, diff_id)
+    }
+
+    /// Unpacks the layer stream `input` (compressed digest `digest`) into the snapshot for
+    /// `diff_id`, unless it exists; `input` is read to its end either way, so a caller
+    /// that tees it into a blob gets the whole blob.
+    pub fn ensure_from(
+        &self,
+        mut input: impl io::Read,
+        digest: &Digest,
+        diff_id: &Digest,
+    ) -> Result<Option<UnpackStats>> {
+        if self.contains(diff_id) {
+            io::copy(&mut input, &mut io::sink())
+                .map_err(|e| ImageError::io("read layer for", self.path(diff_id), e))?;
+            return Ok(None);
+        }
         let tmp = self.dir.join(format!(
             ".tmp-{}-{}",
             std::process::id(),
@@ -59,14 +80,10 @@ impl Snapshots {
         ));
         fs::create_dir(&tmp).map_err(|e| ImageError::io("create directory", &tmp, e))?;
         let result = (|| {
-            let f = fs::File::open(blob).map_err(|e| match e.kind() {
-                io::ErrorKind::NotFound => ImageError::BlobNotFound(digest.clone()),
-                _ => ImageError::io("open", blob, e),
-            })?;
             let mut opts = UnpackOptions::snapshot();
             opts.expect_digest = Some(digest.clone());
             opts.expect_diff_id = Some(diff_id.clone());
-            let stats = unpack::unpack(f, &tmp, &digest.to_string(), &opts)?;
+            let stats = unpack::unpack(input, &tmp, &digest.to_string(), &opts)?;
             // Snapshot roots are world-readable directories, like `/` in an image.
             fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o755))
                 .map_err(|e| ImageError::io("chmod", &tmp, e))?;

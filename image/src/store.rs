@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
-use std::io;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -374,12 +374,50 @@ impl ImageStore {
         let stats =
             self.snapshots
                 .ensure(&self.blobs.path(&layer.digest), &layer.digest, diff_id)?;
+        self.record_snapshot(diff_id, stats);
+        Ok(())
+    }
+
+    /// Stores the layer `input` carries as its blob and unpacks it into its snapshot in
+    /// the same pass (a pull does not read the layer twice). The blob gets its name only
+    /// after its digest and size matched `layer`; the snapshot only after both digests did.
+    pub fn ingest_and_unpack(
+        &self,
+        layer: &Descriptor,
+        diff_id: &Digest,
+        input: impl Read,
+    ) -> Result<()> {
+        let mut ingest = self.blobs.ingest()?;
+        let mut tee = Tee {
+            input,
+            copy: &mut ingest,
+        };
+        match self.snapshots.ensure_from(&mut tee, &layer.digest, diff_id) {
+            Ok(stats) => {
+                ingest.commit(Some(&layer.digest), Some(layer.size))?;
+                self.record_snapshot(diff_id, stats);
+                Ok(())
+            }
+            Err(unpack_err) => {
+                // A corrupt blob usually breaks the decompressor before its digest can be
+                // checked: read the rest, and name the mismatch when there is one.
+                let _ = io::copy(&mut tee, &mut io::sink());
+                match ingest.commit(Some(&layer.digest), Some(layer.size)) {
+                    Err(
+                        e @ (ImageError::DigestMismatch { .. } | ImageError::SizeMismatch { .. }),
+                    ) => Err(e),
+                    _ => Err(unpack_err),
+                }
+            }
+        }
+    }
+
+    fn record_snapshot(&self, diff_id: &Digest, stats: Option<crate::unpack::UnpackStats>) {
         if let Some(st) = stats {
             let mut r = self.records.lock().expect("records lock");
             r.snapshot_sizes
                 .insert(diff_id.clone(), st.uncompressed_size);
         }
-        Ok(())
     }
 
     /// Finds the image `s` names: a reference (tag or `name@digest`), an image id or
@@ -643,6 +681,20 @@ impl ImageStore {
             .filter(|(_, d)| *d == digest)
             .filter_map(|(t, _)| Reference::parse(t).ok())
             .collect()
+    }
+}
+
+/// A reader that writes what it reads into `copy`.
+struct Tee<'a, R, W> {
+    input: R,
+    copy: &'a mut W,
+}
+
+impl<R: Read, W: io::Write> Read for Tee<'_, R, W> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.input.read(buf)?;
+        self.copy.write_all(&buf[..n])?;
+        Ok(n)
     }
 }
 

@@ -130,7 +130,21 @@ async fn fetch_and_commit(
     let creds = opts.credentials.as_ref();
     // The config first: its diff ids let each layer be unpacked as soon as it arrives.
     if !store.blobs().contains(&manifest.config.digest) {
-        download(store, client, r, &manifest.config, creds, &None).await?;
+        let s = store.clone();
+        let (d, size) = (manifest.config.digest.clone(), manifest.config.size);
+        download(
+            client,
+            r,
+            &manifest.config,
+            creds,
+            &None,
+            move |mut input| {
+                s.blobs()
+                    .put_reader(&mut input, Some(&d), Some(size))
+                    .map(|_| ())
+            },
+        )
+        .await?;
     }
     let cfg_digest = manifest.config.digest.clone();
     let s = store.clone();
@@ -190,7 +204,6 @@ async fn layer_job(
     diff_id: Digest,
     opts: &PullOptions,
 ) -> Result<()> {
-    let snapshot_ready = store.snapshots().contains(&diff_id);
     if store.blobs().size(&layer.digest) == Some(layer.size) {
         emit(
             &opts.progress,
@@ -198,17 +211,24 @@ async fn layer_job(
                 digest: layer.digest.to_string(),
             },
         );
-        if snapshot_ready {
+        if store.snapshots().contains(&diff_id) {
             return Ok(());
         }
+        let s = store.clone();
+        let l = layer.clone();
+        blocking(move || s.ensure_snapshot(&l, &diff_id)).await?;
     } else {
+        // Downloaded and unpacked in one pass: the bytes go to the blob file and through
+        // the decompressor into the snapshot as they arrive.
+        let s = store.clone();
+        let l = layer.clone();
         download(
-            store,
             client,
             r,
             &layer,
             opts.credentials.as_ref(),
             &opts.progress,
+            move |input| s.ingest_and_unpack(&l, &diff_id, input),
         )
         .await?;
         emit(
@@ -218,9 +238,6 @@ async fn layer_job(
             },
         );
     }
-    let s = store.clone();
-    let l = layer.clone();
-    blocking(move || s.ensure_snapshot(&l, &diff_id)).await?;
     emit(
         &opts.progress,
         PullEvent::LayerUnpacked {
@@ -230,28 +247,24 @@ async fn layer_job(
     Ok(())
 }
 
-/// Streams one blob into the store: the network is read here, hashing and writing happen
-/// on a blocking thread; digest and size are checked before the blob gets its name.
+/// Streams one blob: the network is read here, `consume` reads the bytes on a blocking
+/// thread (it stores the blob, checking digest and size before naming it, and may unpack
+/// it on the way).
 async fn download(
-    store: &Arc<ImageStore>,
     client: &RegistryClient,
     r: &Reference,
     desc: &Descriptor,
     creds: Option<&RegistryAuth>,
     progress: &Option<UnboundedSender<PullEvent>>,
+    consume: impl FnOnce(ChannelReader) -> Result<()> + Send + 'static,
 ) -> Result<()> {
     let mut resp = client.fetch_blob(r, &desc.digest, creds).await?;
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(32);
-    let s = store.clone();
-    let (digest, size) = (desc.digest.clone(), desc.size);
-    let writer = tokio::task::spawn_blocking(move || -> Result<()> {
-        use std::io::Write;
-        let mut w = s.blobs().ingest()?;
-        while let Some(chunk) = rx.blocking_recv() {
-            w.write_all(&chunk)
-                .map_err(|e| ImageError::io("write blob", s.blobs().path(&digest), e))?;
-        }
-        w.commit(Some(&digest), Some(size)).map(|_| ())
+    let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(64);
+    let writer = tokio::task::spawn_blocking(move || {
+        consume(ChannelReader {
+            rx,
+            chunk: bytes::Bytes::new(),
+        })
     });
     let op = format!("GET blob {}@{}", r.name(), desc.digest);
     let mut got = 0u64;
@@ -306,5 +319,25 @@ async fn download(
     match net_err {
         Some(e) => Err(e),
         None => written,
+    }
+}
+
+/// The body chunks of a download as a blocking `Read` (EOF when the sender is gone).
+struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    chunk: bytes::Bytes,
+}
+
+impl std::io::Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.chunk.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(c) => self.chunk = c,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len());
+        buf[..n].copy_from_slice(&self.chunk.split_to(n));
+        Ok(n)
     }
 }
