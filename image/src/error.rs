@@ -138,6 +138,9 @@ pub enum ImageError {
         /// What went wrong.
         reason: String,
     },
+    /// Another `ImageStore` (in this process or another) has the store directory open.
+    #[error("image store {} is in use by another process", .0.display())]
+    StoreLocked(PathBuf),
     /// A Docker `config.json` could not be read.
     #[error("credentials file {path}: {reason}")]
     Credentials {

@@ -98,9 +98,9 @@ pub fn backend_error(op: &str, object: &str, e: ImageError) -> BackendError {
         | ImageError::NoMatchingPlatform { .. }
         | ImageError::UnsupportedMediaType { .. } => ErrorKind::InvalidArgument,
         ImageError::ImageNotFound(_) | ImageError::BlobNotFound(_) => ErrorKind::NotFound,
-        ImageError::ImageInUse { .. } | ImageError::InsecureNotAllowed(_) => {
-            ErrorKind::FailedPrecondition
-        }
+        ImageError::ImageInUse { .. }
+        | ImageError::InsecureNotAllowed(_)
+        | ImageError::StoreLocked(_) => ErrorKind::FailedPrecondition,
         ImageError::Unauthorized { .. } => ErrorKind::PermissionDenied,
         // A transfer that broke or arrived corrupt may work the next time.
         ImageError::Registry { .. }

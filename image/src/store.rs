@@ -133,6 +133,8 @@ pub struct ImageStore {
     snapshots: Snapshots,
     records: Mutex<Records>,
     pins: Arc<Mutex<HashMap<Digest, usize>>>,
+    /// Holds the store's `flock` while open.
+    _lock: fs::File,
 }
 
 /// Keeps digests (blobs or snapshots) safe from [`ImageStore::gc`] while it lives.
@@ -163,8 +165,24 @@ fn now() -> u64 {
 
 impl ImageStore {
     /// Opens (creating) the store under `root` and clears leftovers of a process that died.
+    /// The store is locked (`flock` on `<root>/lock`) until the `ImageStore` drops: a second
+    /// opener, in this process or another, gets [`ImageError::StoreLocked`] instead of
+    /// clearing the first one's work in progress.
     pub fn open(root: impl AsRef<Path>) -> Result<ImageStore> {
         let root = root.as_ref().to_path_buf();
+        fs::create_dir_all(&root).map_err(|e| ImageError::io("create directory", &root, e))?;
+        let lock_path = root.join("lock");
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| ImageError::io("open", &lock_path, e))?;
+        match rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::WOULDBLOCK) => return Err(ImageError::StoreLocked(root)),
+            Err(e) => return Err(ImageError::io("lock", &lock_path, e.into())),
+        }
         let blobs = BlobStore::open(&root)?;
         let snapshots = Snapshots::open(&root.join("snapshots"))?;
         blobs.clear_ingest()?;
@@ -182,6 +200,7 @@ impl ImageStore {
             snapshots,
             records: Mutex::new(records),
             pins: Arc::default(),
+            _lock: lock,
         })
     }
 
@@ -749,4 +768,25 @@ fn resolve_in<'a>(r: &'a Records, s: &str) -> Result<&'a ImageRecord> {
         return Ok(first);
     }
     Err(not_found())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_opener_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = ImageStore::open(dir.path()).unwrap();
+        // The second opener is refused before it touches the first one's ingest files.
+        fs::write(dir.path().join("ingest/in-flight"), b"x").unwrap();
+        assert!(matches!(
+            ImageStore::open(dir.path()),
+            Err(ImageError::StoreLocked(_))
+        ));
+        assert!(dir.path().join("ingest/in-flight").exists());
+        drop(first);
+        ImageStore::open(dir.path()).unwrap();
+        assert!(!dir.path().join("ingest/in-flight").exists());
+    }
 }
