@@ -41,7 +41,9 @@ use crate::scheduler::{Scheduler, SchedulerConfig, SchedulerMetrics};
 use crate::sim;
 use crate::store::memory::MemoryStore;
 use crate::store::{Api, Store, StoreError};
-use crate::volume::{PersistentVolumeClaimController, PersistentVolumeController};
+use crate::volume::{
+    PersistentVolumeClaimController, PersistentVolumeController, PvcProtectionController,
+};
 
 /// What went wrong assembling or driving a cluster.
 #[derive(Debug, thiserror::Error)]
@@ -214,6 +216,7 @@ impl ClusterBuilder {
                 ControllerManager::start_with_metrics(store.clone(), clock, pod_metrics.clone());
             manager.add(PersistentVolumeClaimController::controller(drivers.clone()));
             manager.add(PersistentVolumeController::controller(drivers));
+            manager.add(PvcProtectionController::controller());
             manager
         });
         let (scheduler, scheduler_metrics) = match self.scheduler {

@@ -66,8 +66,10 @@ impl Positions {
 
 /// Parses `text` into its non-empty documents.
 pub(crate) fn parse(text: &str, source: &str) -> Result<Vec<Document>, ManifestError> {
+    // Kubernetes reads YAML as YAML 1.1 (sigs.k8s.io/yaml): `defaultMode: 0400` is octal.
     let options = serde_saphyr::options! {
         with_snippet: false,
+        legacy_octal_numbers: true,
     };
     match serde_saphyr::from_multiple_with_options::<Spanned<Node>>(text, options) {
         Ok(nodes) => Ok(nodes
@@ -291,6 +293,19 @@ mod tests {
             docs[1].positions.lookup("spec.containers[0].ports"),
             Some((8, 5))
         );
+    }
+
+    #[test]
+    fn zero_prefixed_integers_are_octal_as_in_kubernetes() {
+        let docs = parse(
+            "mode: 0400\nport: 80\nratio: 0.5\nname: \"0400\"\n",
+            "t.yaml",
+        )
+        .unwrap();
+        assert_eq!(docs[0].value["mode"], 256);
+        assert_eq!(docs[0].value["port"], 80);
+        assert_eq!(docs[0].value["ratio"], 0.5);
+        assert_eq!(docs[0].value["name"], "0400");
     }
 
     #[test]

@@ -79,6 +79,10 @@ pub struct NodeConfig {
     pub heartbeat: Duration,
     /// How often the Node status is rewritten (60 s).
     pub status_update: Duration,
+    /// How often the files of running pods' configMap, secret, downwardAPI and projected
+    /// volumes are brought up to date with their sources (60 s, kubelet's sync frequency).
+    /// Each refresh swaps the files atomically.
+    pub volume_refresh: Duration,
 }
 
 impl NodeConfig {
@@ -100,6 +104,7 @@ impl NodeConfig {
             lease_duration: Duration::from_secs(40),
             heartbeat: Duration::from_secs(10),
             status_update: Duration::from_secs(60),
+            volume_refresh: Duration::from_secs(60),
         }
     }
 
@@ -485,7 +490,23 @@ impl NodeAgent {
                 }
             })
         };
-        let mut tasks = vec![events, heartbeat];
+        let refresh = {
+            let ctx = ctx.clone();
+            let mut stop = shutdown_rx.clone();
+            let period = agent.config.volume_refresh;
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(period);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                tick.tick().await;
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => ctx.volumes.refresh(&ctx.store).await,
+                        _ = stop.changed() => return,
+                    }
+                }
+            })
+        };
+        let mut tasks = vec![events, heartbeat, refresh];
         if let Some((metrics, resolution)) = agent.pod_metrics.clone() {
             tasks.push(tokio::spawn(usage::publish(
                 ctx.runtime.clone(),

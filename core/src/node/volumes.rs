@@ -24,6 +24,13 @@ use crate::store::{Api, Store};
 #[async_trait]
 pub trait InTreeVolumes: Send + Sync + 'static {
     /// Makes the volume available at `dir` (or elsewhere) and returns its host path.
+    ///
+    /// Also called again, with the pod as it is now, for the configMap, secret, downwardAPI
+    /// and projected volumes of a running pod (every [`NodeConfig::volume_refresh`]): the
+    /// implementation brings the files up to date, atomically, so a container never sees a
+    /// mix of old and new files.
+    ///
+    /// [`NodeConfig::volume_refresh`]: super::NodeConfig::volume_refresh
     async fn setup(&self, pod: &Pod, volume: &Volume, dir: &Path) -> Result<PathBuf, String>;
     /// Releases what `setup` made. Idempotent.
     async fn teardown(&self, pod: &Pod, volume: &Volume, dir: &Path) -> Result<(), String>;
@@ -56,6 +63,12 @@ pub struct VolumeHost {
     pub in_tree: Option<Arc<dyn InTreeVolumes>>,
     /// Pods using each staged volume id.
     staged: Mutex<HashMap<String, usize>>,
+    /// Pods whose volumes are set up and have files to keep fresh, by uid.
+    /// CSI volumes published for pods, by (pod uid, volume name): teardown uses what setup
+    /// resolved, so it does not depend on the claim or volume objects still existing.
+    published: Mutex<HashMap<(String, String), CsiVolume>>,
+    /// Refreshes hold the lock while they write, so a teardown never races one.
+    projected: tokio::sync::Mutex<HashMap<String, Pod>>,
 }
 
 impl std::fmt::Debug for VolumeHost {
@@ -66,7 +79,20 @@ impl std::fmt::Debug for VolumeHost {
     }
 }
 
+fn pod_volumes(pod: &Pod) -> impl Iterator<Item = &Volume> {
+    pod.spec.iter().flat_map(|s| s.volumes.iter().flatten())
+}
+
+/// Whether a volume's files come from objects that can change while the pod runs.
+fn is_projected(v: &Volume) -> bool {
+    v.config_map.is_some()
+        || v.secret.is_some()
+        || v.downward_api.is_some()
+        || v.projected.is_some()
+}
+
 /// A CSI volume resolved from the pod spec.
+#[derive(Clone)]
 struct CsiVolume {
     plugin: Arc<dyn VolumePlugin>,
     volume_id: String,
@@ -99,6 +125,8 @@ impl VolumeHost {
             plugins,
             in_tree,
             staged: Mutex::new(HashMap::new()),
+            published: Mutex::new(HashMap::new()),
+            projected: tokio::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -215,7 +243,7 @@ impl VolumeHost {
     ) -> Result<BTreeMap<String, PathBuf>, String> {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let mut paths = BTreeMap::new();
-        for v in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
+        for v in pod_volumes(pod) {
             let dir = self.pod_volume_dir(&uid, &v.name);
             let result = self.setup_one(store, pod, v, &dir).await;
             match result {
@@ -228,7 +256,56 @@ impl VolumeHost {
                 }
             }
         }
+        if self.in_tree.is_some() && pod_volumes(pod).any(is_projected) {
+            self.projected.lock().await.insert(uid, pod.clone());
+        }
         Ok(paths)
+    }
+
+    /// Brings the files of every set-up configMap, secret, downwardAPI and projected volume
+    /// up to date with their sources and with the pod's current metadata (as kubelet's
+    /// periodic sync does). A source that cannot be read leaves the files as they were; the
+    /// failure is logged.
+    pub async fn refresh(&self, store: &Arc<dyn Store>) {
+        let Some(hook) = &self.in_tree else {
+            return;
+        };
+        let pods: Vec<(String, Pod)> = self
+            .projected
+            .lock()
+            .await
+            .iter()
+            .map(|(uid, pod)| (uid.clone(), pod.clone()))
+            .collect();
+        for (uid, known) in pods {
+            let ns = known
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into());
+            let name = known.metadata.name.clone().unwrap_or_default();
+            let pods: Api<Pod> = Api::namespaced(store.clone(), &ns);
+            // The pod as it is now (labels and annotations feed downwardAPI files); the one
+            // known at setup when it is gone from the store (it is being torn down).
+            let pod = match pods.get_opt(&name).await {
+                Ok(Some(p)) if p.metadata.uid.as_deref() == Some(uid.as_str()) => {
+                    p.to_owned_value()
+                }
+                _ => known,
+            };
+            let projected = self.projected.lock().await;
+            if !projected.contains_key(&uid) {
+                // Torn down meanwhile: do not bring its directories back.
+                continue;
+            }
+            for v in pod_volumes(&pod).filter(|v| is_projected(v)) {
+                let dir = self.pod_volume_dir(&uid, &v.name);
+                if let Err(e) = hook.setup(&pod, v, &dir).await {
+                    tracing::warn!(pod = %format!("{ns}/{name}"), volume = %v.name, error = %e,
+                        "refreshing volume files failed; the previous files stay");
+                }
+            }
+        }
     }
 
     async fn setup_one(
@@ -275,13 +352,18 @@ impl VolumeHost {
                     publish_context: StringMap::new(),
                     staging_path: staging,
                     target_path: dir.to_path_buf(),
-                    capability: csi.capability,
+                    capability: csi.capability.clone(),
                     readonly: csi.readonly,
                     secrets: StringMap::new(),
-                    volume_context: csi.context,
+                    volume_context: csi.context.clone(),
                 })
                 .await
                 .map_err(|e| format!("volume {:?}: {e}", v.name))?;
+            let uid = pod.metadata.uid.clone().unwrap_or_default();
+            self.published
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert((uid, v.name.clone()), csi);
             return Ok(dir.to_path_buf());
         }
         match &self.in_tree {
@@ -304,19 +386,39 @@ impl VolumeHost {
         only: Option<&BTreeMap<String, PathBuf>>,
     ) -> Result<(), String> {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
+        if only.is_none() {
+            // Waits for a refresh in progress; later ones skip this pod.
+            self.projected.lock().await.remove(&uid);
+        }
         let mut first_error = None;
-        let volumes: Vec<&Volume> = pod
-            .spec
-            .iter()
-            .flat_map(|s| s.volumes.iter().flatten())
-            .collect();
+        let volumes: Vec<&Volume> = pod_volumes(pod).collect();
         for v in volumes.into_iter().rev() {
             if only.is_some_and(|o| !o.contains_key(&v.name)) || v.host_path.is_some() {
                 continue;
             }
             let dir = self.pod_volume_dir(&uid, &v.name);
-            let r = match self.resolve_csi(store, pod, v).await {
-                Ok(Some(csi)) => self.teardown_csi(csi, &dir).await,
+            let key = (uid.clone(), v.name.clone());
+            let known = self
+                .published
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&key)
+                .cloned();
+            let resolved = match known {
+                Some(csi) => Ok(Some(csi)),
+                None => self.resolve_csi(store, pod, v).await,
+            };
+            let r = match resolved {
+                Ok(Some(csi)) => {
+                    let r = self.teardown_csi(csi, &dir).await;
+                    if r.is_ok() {
+                        self.published
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .remove(&key);
+                    }
+                    r
+                }
                 Ok(None) => match &self.in_tree {
                     Some(hook) => hook.teardown(pod, v, &dir).await,
                     None => Ok(()),
