@@ -125,3 +125,99 @@ async fn deployment_runs_and_claim_binds_on_simulated_nodes() {
     .await;
     cluster.shutdown().await;
 }
+
+const LATE: &str = r#"
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata: {name: late}
+provisioner: sim.csi.wharf.dev
+volumeBindingMode: WaitForFirstConsumer
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: late-data}
+spec:
+  accessModes: [ReadWriteOnce]
+  storageClassName: late
+  resources: {requests: {storage: 1Gi}}
+"#;
+
+const CONSUMER: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: consumer}
+spec:
+  containers:
+  - {name: app, image: busybox}
+  volumes:
+  - name: data
+    persistentVolumeClaim: {claimName: late-data}
+"#;
+
+/// One node: each simulated node has its own instance of the simulated CSI driver and the
+/// binder provisions through the first one, so a claim used on another node would not be
+/// found there (see the limits in `wharf_core::volume`).
+#[tokio::test(start_paused = true)]
+async fn wait_for_first_consumer_binds_when_a_pod_is_scheduled() {
+    let cluster = ClusterBuilder::new()
+        .simulated_nodes(1, |i| NodeConfig::new(&format!("node-{i}")))
+        .start()
+        .await
+        .unwrap();
+    cluster.apply_str(LATE, "late.yaml").await.unwrap();
+    let claims = cluster.api::<PersistentVolumeClaim>("default");
+    wait_until("claim pending", || async {
+        let c = claims.get("late-data").await.unwrap();
+        c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Pending")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let c = claims.get("late-data").await.unwrap();
+    assert!(
+        c.spec.as_ref().unwrap().volume_name.is_none(),
+        "bound without a consumer"
+    );
+    assert!(cluster
+        .api_all::<PersistentVolume>()
+        .list(&ListOptions::default())
+        .await
+        .unwrap()
+        .is_empty());
+
+    cluster.apply_str(CONSUMER, "consumer.yaml").await.unwrap();
+    let pods = cluster.api::<Pod>("default");
+    for _ in 0..600 {
+        let p = pods.get("consumer").await.unwrap();
+        if p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let p = pods.get("consumer").await.unwrap();
+    assert_eq!(
+        p.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Running"),
+        "consumer {:?}; claim {:?}",
+        p.status,
+        claims.get("late-data").await.unwrap().to_owned_value()
+    );
+    let node = pods
+        .get("consumer")
+        .await
+        .unwrap()
+        .spec
+        .clone()
+        .unwrap()
+        .node_name;
+    let c = claims.get("late-data").await.unwrap();
+    assert_eq!(c.status.as_ref().unwrap().phase.as_deref(), Some("Bound"));
+    assert_eq!(
+        c.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("volume.kubernetes.io/selected-node"))
+            .cloned(),
+        node
+    );
+    cluster.shutdown().await;
+}

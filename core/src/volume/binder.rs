@@ -6,12 +6,12 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::{
     CSIPersistentVolumeSource, ObjectReference, PersistentVolume, PersistentVolumeClaim,
-    PersistentVolumeClaimStatus, PersistentVolumeSpec, PersistentVolumeStatus,
+    PersistentVolumeClaimStatus, PersistentVolumeSpec, PersistentVolumeStatus, Pod,
 };
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
-use super::{DEFAULT_CLASS, PROVISIONED_BY};
+use super::{claims_of, DEFAULT_CLASS, PROVISIONED_BY, SELECTED_NODE};
 use crate::backend::volume::{
     AccessMode, AccessType, CapacityRange, CreateVolumeRequest, VolumeCapability,
 };
@@ -84,6 +84,64 @@ impl PersistentVolumeClaimController {
                 .into_iter()
                 .collect()
         })
+        .watches(Kind::Pod, |pod, _| {
+            // A scheduled pod is the first consumer of its WaitForFirstConsumer claims.
+            let Some(pod) = pod.as_kind::<Pod>() else {
+                return Vec::new();
+            };
+            if pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.as_ref())
+                .is_none()
+            {
+                return Vec::new();
+            }
+            let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+            claims_of(pod)
+                .map(|c| ObjectKey::namespaced(namespace, c))
+                .collect()
+        })
+    }
+
+    /// For a claim whose class binds at the first consumer: the node chosen for it (the
+    /// `volume.kubernetes.io/selected-node` annotation), set here from the first pod using
+    /// the claim that is scheduled. `None` while no such pod exists.
+    async fn selected_node(
+        &self,
+        ctx: &Context,
+        claim: &Typed<PersistentVolumeClaim>,
+    ) -> Result<Option<String>, VolumeError> {
+        let annotations = claim.metadata.annotations.as_ref();
+        if let Some(node) = annotations.and_then(|a| a.get(SELECTED_NODE)) {
+            return Ok(Some(node.clone()));
+        }
+        let namespace = claim.metadata.namespace.as_deref().unwrap_or("default");
+        let name = claim.metadata.name.as_deref().unwrap_or_default();
+        let pods: Api<Pod> = Api::namespaced(ctx.store.clone(), namespace);
+        let pods = pods
+            .list(&ListOptions::default())
+            .await
+            .map_err(|e| ControllerError::store("list consumers of", claim.object(), e))?;
+        let node = pods
+            .iter()
+            .filter(|p| claims_of(p).any(|c| c == name))
+            .find_map(|p| p.spec.as_ref()?.node_name.clone());
+        let Some(node) = node else {
+            return Ok(None);
+        };
+        let mut annotated = claim.to_owned_value();
+        annotated
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(SELECTED_NODE.to_string(), node.clone());
+        let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.store.clone(), namespace);
+        claims
+            .update(annotated)
+            .await
+            .map_err(|e| ControllerError::store("select node for", claim.object(), e))?;
+        Ok(Some(node))
     }
 
     fn driver(&self, name: &str) -> Option<&Arc<dyn VolumePlugin>> {
@@ -109,6 +167,11 @@ impl PersistentVolumeClaimController {
             })
             .map(|c| c.to_owned_value())
     }
+}
+
+/// Whether a class binds its claims only once a pod using them is scheduled.
+fn waits_for_consumer(class: Option<&StorageClass>) -> bool {
+    class.and_then(|c| c.volume_binding_mode.as_deref()) == Some("WaitForFirstConsumer")
 }
 
 /// Whether `pv` can serve `claim`: class, access modes, size, selector, not claimed by
@@ -186,6 +249,13 @@ impl Reconciler for PersistentVolumeClaimController {
                 .get_opt(&name)
                 .await
                 .map_err(store_err("get", &object))?,
+            None if waits_for_consumer(class.as_ref())
+                && self.selected_node(ctx, &claim).await?.is_none() =>
+            {
+                // WaitForFirstConsumer: nothing is bound or provisioned before a pod using
+                // the claim is scheduled.
+                None
+            }
             None => {
                 let all = volumes
                     .list(&ListOptions::default())

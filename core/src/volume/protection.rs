@@ -8,6 +8,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 
+use super::claims_of;
 use crate::controller::{Action, Context, Controller, ControllerError, ObjectKey, Reconciler};
 use crate::object::{Kind, Object, Typed};
 use crate::store::{Api, ListOptions};
@@ -37,15 +38,6 @@ impl PvcProtectionController {
                 .collect()
         })
     }
-}
-
-/// The claims a pod's volumes name.
-fn claims_of(pod: &Pod) -> impl Iterator<Item = &str> {
-    pod.spec
-        .iter()
-        .flat_map(|s| s.volumes.iter().flatten())
-        .filter_map(|v| v.persistent_volume_claim.as_ref())
-        .map(|c| c.claim_name.as_str())
 }
 
 /// A pod uses its claims until it has finished (Succeeded or Failed) or is gone; a pod being
