@@ -47,8 +47,9 @@ impl CacheEvent {
 #[derive(Default)]
 struct CacheState {
     objects: BTreeMap<ObjectKey, Arc<Object>>,
-    /// Keys of objects by the uid of their controller owner; orphans under `""`.
-    by_controller: HashMap<String, BTreeSet<ObjectKey>>,
+    /// Objects by the uid of their controller owner (orphans under `""`), holding the objects
+    /// themselves so that listing a controller's dependents does no lookup per object.
+    by_controller: HashMap<String, BTreeMap<ObjectKey, Arc<Object>>>,
     resource_version: u64,
 }
 
@@ -67,11 +68,18 @@ impl CacheState {
     fn insert(&mut self, object: Arc<Object>) -> Option<Arc<Object>> {
         let key = ObjectKey::of(&object);
         let uid = Self::controller_uid(&object).to_string();
-        let old = self.objects.insert(key.clone(), object);
+        let old = self.objects.insert(key.clone(), object.clone());
         if let Some(old) = &old {
-            self.unindex(&key, Self::controller_uid(old).to_string());
+            let old_uid = Self::controller_uid(old);
+            if old_uid != uid {
+                let old_uid = old_uid.to_string();
+                self.unindex(&key, old_uid);
+            }
         }
-        self.by_controller.entry(uid).or_default().insert(key);
+        self.by_controller
+            .entry(uid)
+            .or_default()
+            .insert(key, object);
         old
     }
 
@@ -187,11 +195,8 @@ impl Informer {
             .get("")
             .into_iter()
             .flatten()
-            .filter(|k| namespace.is_none() || k.namespace.as_deref() == namespace);
-        owned
-            .chain(orphans)
-            .filter_map(|k| state.objects.get(k).cloned())
-            .collect()
+            .filter(|(k, _)| namespace.is_none() || k.namespace.as_deref() == namespace);
+        owned.chain(orphans).map(|(_, o)| o.clone()).collect()
     }
 
     /// The objects whose controller owner has `uid`.
@@ -201,9 +206,17 @@ impl Informer {
             .by_controller
             .get(uid)
             .into_iter()
-            .flatten()
-            .filter_map(|k| state.objects.get(k).cloned())
+            .flat_map(|owned| owned.values().cloned())
             .collect()
+    }
+
+    /// How many objects whose controller owner has `uid` satisfy `predicate` (no list built).
+    pub fn count_owned(&self, uid: &str, predicate: impl Fn(&Object) -> bool) -> usize {
+        let state = self.read();
+        state
+            .by_controller
+            .get(uid)
+            .map_or(0, |owned| owned.values().filter(|o| predicate(o)).count())
     }
 
     /// Number of cached objects.

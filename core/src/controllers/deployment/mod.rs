@@ -475,10 +475,7 @@ impl Sync<'_> {
     fn active_pods(&self, rs: &ReplicaSet) -> i32 {
         let uid = rs.metadata.uid.as_deref().unwrap_or("");
         self.pods
-            .owned_by(uid)
-            .iter()
-            .filter(|p| p.as_kind::<Pod>().is_some_and(is_active))
-            .count() as i32
+            .count_owned(uid, |p| p.as_kind::<Pod>().is_some_and(is_active)) as i32
     }
 
     /// Available pods of a ReplicaSet, from the pod cache, at most its spec.
@@ -490,13 +487,10 @@ impl Sync<'_> {
             .and_then(|s| s.min_ready_seconds)
             .unwrap_or(0);
         let now = self.ctx.clock.now();
-        let available = self
-            .pods
-            .owned_by(uid)
-            .iter()
-            .filter_map(|p| p.as_kind::<Pod>())
-            .filter(|p| is_active(p) && is_available(p, min_ready, now))
-            .count() as i32;
+        let available = self.pods.count_owned(uid, |p| {
+            p.as_kind::<Pod>()
+                .is_some_and(|p| is_active(p) && is_available(p, min_ready, now))
+        }) as i32;
         available.min(spec_replicas(rs))
     }
 
