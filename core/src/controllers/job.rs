@@ -381,7 +381,7 @@ impl Reconciler for JobController {
                     let (created, error) = create_pods(
                         ctx,
                         &object,
-                        || self.pod(&object, &job, None),
+                        |_| self.pod(&object, &job, None),
                         (want - active_now) as usize,
                     )
                     .await;

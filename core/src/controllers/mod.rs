@@ -7,10 +7,12 @@
 //! [`Reconciler`]: crate::controller::Reconciler
 
 pub mod cronjob;
+pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod events;
 pub mod garbage_collector;
+pub mod history;
 pub mod hpa;
 pub mod job;
 pub mod namespace;
@@ -18,6 +20,7 @@ pub mod node_lifecycle;
 pub mod ownership;
 pub mod pod_state;
 pub mod replicaset;
+pub mod statefulset;
 
 use std::sync::Arc;
 
@@ -81,6 +84,8 @@ impl ControllerManager {
         manager.add(deployment::DeploymentController::controller());
         manager.add(endpoints::EndpointsController::controller());
         manager.add(endpoints::EndpointSliceController::controller());
+        manager.add(statefulset::StatefulSetController::controller());
+        manager.add(daemonset::DaemonSetController::controller());
         manager.add(job::JobController::controller());
         manager.add(cronjob::CronJobController::controller());
         manager.add(namespace::NamespaceController::controller());

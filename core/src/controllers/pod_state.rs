@@ -41,6 +41,16 @@ pub fn is_ready(pod: &Pod) -> bool {
     condition(pod, "Ready").is_some_and(|c| c.status == "True")
 }
 
+/// Whether the pod is being deleted (has a deletionTimestamp).
+pub fn is_terminating(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_some()
+}
+
+/// Whether the pod is in phase Running with its `Ready` condition `True`.
+pub fn is_running_and_ready(pod: &Pod) -> bool {
+    phase(pod) == "Running" && is_ready(pod)
+}
+
 /// When the pod became ready, if it is.
 pub fn ready_since(pod: &Pod) -> Option<SystemTime> {
     let c = condition(pod, "Ready").filter(|c| c.status == "True")?;
@@ -65,6 +75,25 @@ pub fn available_after(pod: &Pod, min_ready_seconds: i32, now: SystemTime) -> Op
     }
     let at = since + Duration::from_secs(min_ready_seconds as u64);
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// Whether the pod is available at `now`. When it is ready but not yet available, lowers
+/// `next_check` to when it will be, plus a second since timestamps have second precision.
+pub fn check_available(
+    pod: &Pod,
+    min_ready_seconds: i32,
+    now: SystemTime,
+    next_check: &mut Option<Duration>,
+) -> bool {
+    match available_after(pod, min_ready_seconds, now) {
+        Some(Duration::ZERO) => true,
+        Some(wait) => {
+            let wait = wait + Duration::from_secs(1);
+            *next_check = Some(next_check.map_or(wait, |n| n.min(wait)));
+            false
+        }
+        None => false,
+    }
 }
 
 fn phase_rank(pod: &Pod) -> u8 {

@@ -53,12 +53,12 @@ pub fn pod_from_template(owner: &Object, template: &PodTemplateSpec, prefix: &st
     pod
 }
 
-/// Creates `count` pods in slow-start batches (1, 2, 4, …), stopping at the first batch with
-/// a failure. Returns the created pods and the first error.
+/// Creates `count` pods, `make(i)` for `i` in `0..count`, in slow-start batches (1, 2, 4, …),
+/// stopping at the first batch with a failure. Returns the created pods and the first error.
 pub(crate) async fn create_pods(
     ctx: &Context,
     owner: &Object,
-    make: impl Fn() -> Pod,
+    make: impl Fn(usize) -> Pod,
     count: usize,
 ) -> (Vec<Arc<Object>>, Option<ControllerError>) {
     let mut created = Vec::with_capacity(count);
@@ -66,7 +66,9 @@ pub(crate) async fn create_pods(
     let mut remaining = count;
     while remaining > 0 {
         let n = batch.min(remaining);
-        let results = join_all((0..n).map(|_| ctx.store.create(make().into_object()))).await;
+        let first = count - remaining;
+        let results =
+            join_all((first..first + n).map(|i| ctx.store.create(make(i).into_object()))).await;
         let mut error = None;
         for result in results {
             match result {
@@ -147,7 +149,7 @@ impl Reconciler for ReplicaSetController {
                 let (created, error) = create_pods(
                     ctx,
                     &object,
-                    || pod_from_template(&object, &template, object.name()),
+                    |_| pod_from_template(&object, &template, object.name()),
                     count,
                 )
                 .await;

@@ -21,6 +21,7 @@ pub(crate) fn decode(
     origin: &Origin,
     positions: &Positions,
 ) -> Result<Object, ManifestError> {
+    fill_embedded_type_meta(kind, value);
     let mut coercions = 0;
     loop {
         let error = match deserialize_kind(kind, &*value) {
@@ -59,6 +60,26 @@ pub(crate) fn decode(
             },
             message: friendly(&message),
         });
+    }
+}
+
+/// Kubernetes does not ask for `apiVersion` and `kind` on a StatefulSet's
+/// `volumeClaimTemplates`, but k8s-openapi's `PersistentVolumeClaim` requires them: they are
+/// filled in where missing.
+fn fill_embedded_type_meta(kind: &Kind, value: &mut Value) {
+    if *kind != Kind::StatefulSet {
+        return;
+    }
+    let templates = value
+        .get_mut("spec")
+        .and_then(|s| s.get_mut("volumeClaimTemplates"))
+        .and_then(Value::as_array_mut);
+    for template in templates.into_iter().flatten() {
+        if let Some(map) = template.as_object_mut() {
+            map.entry("apiVersion").or_insert_with(|| "v1".into());
+            map.entry("kind")
+                .or_insert_with(|| "PersistentVolumeClaim".into());
+        }
     }
 }
 
@@ -301,5 +322,27 @@ mod tests {
             .unwrap();
         assert_eq!(requests["cpu"].0, "1");
         assert_eq!(requests["memory"].0, "1.5");
+    }
+
+    #[test]
+    fn claim_templates_need_no_type_meta() {
+        let mut value = serde_json::json!({
+            "apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "db"},
+            "spec": {"selector": {"matchLabels": {"app": "db"}},
+                "template": {"metadata": {"labels": {"app": "db"}}},
+                "volumeClaimTemplates": [{"metadata": {"name": "data"}}]}
+        });
+        let object = decode(
+            &Kind::StatefulSet,
+            &mut value,
+            &Origin::source("t"),
+            &Positions::default(),
+        )
+        .unwrap();
+        let Object::StatefulSet(set) = object else {
+            panic!()
+        };
+        let templates = set.spec.unwrap().volume_claim_templates.unwrap();
+        assert_eq!(templates[0].metadata.name.as_deref(), Some("data"));
     }
 }

@@ -109,7 +109,28 @@ pub fn validate(object: &Object) -> Vec<FieldError> {
                     v.non_negative(partition, "spec.updateStrategy.rollingUpdate.partition");
                 }
                 v.workload_selector(&spec.selector, &spec.template, "spec", "statefulset");
-                v.template(&spec.template, "spec.template", Restart::Always);
+                // Mounts may name a volumeClaimTemplate: validate the template as the
+                // controller makes pods from it, with a volume per claim template.
+                let mut template = spec.template.clone();
+                if let Some(pod) = template.spec.as_mut() {
+                    let volumes = pod.volumes.get_or_insert_with(Vec::new);
+                    for claim in spec.volume_claim_templates.iter().flatten() {
+                        let name = claim.metadata.name.clone().unwrap_or_default();
+                        if !volumes.iter().any(|v| v.name == name) {
+                            volumes.push(core::Volume {
+                                name,
+                                persistent_volume_claim: Some(
+                                    core::PersistentVolumeClaimVolumeSource {
+                                        claim_name: String::new(),
+                                        read_only: None,
+                                    },
+                                ),
+                                ..Default::default()
+                            });
+                        }
+                    }
+                }
+                v.template(&template, "spec.template", Restart::Always);
             }
         }
         Object::DaemonSet(d) => {

@@ -9,7 +9,9 @@ mod taint_toleration;
 mod topology_spread;
 
 pub use inter_pod_affinity::InterPodAffinity;
-pub use node_affinity::{node_selector_term_matches, NodeAffinity};
+pub use node_affinity::{
+    node_selector_term_matches, required_node_affinity_matches, required_terms, NodeAffinity,
+};
 pub use node_ports::NodePorts;
 pub use node_unschedulable::NodeUnschedulable;
 pub use resources::{BalancedAllocation, NodeResourcesFit};

@@ -1,4 +1,4 @@
-use k8s_openapi::api::core::v1::{NodeSelectorRequirement, NodeSelectorTerm};
+use k8s_openapi::api::core::v1::{NodeSelectorRequirement, NodeSelectorTerm, PodSpec};
 
 use crate::scheduler::framework::{
     normalize_to_max, CycleState, FilterPlugin, NodeInfo, PodInfo, Prepared, Reason, ScorePlugin,
@@ -63,15 +63,7 @@ impl FilterPlugin for NodeAffinity {
     ) -> Result<Prepared, Reason> {
         let spec = pod.spec();
         let has_selector = spec.node_selector.as_ref().is_some_and(|s| !s.is_empty());
-        let has_required = spec
-            .affinity
-            .as_ref()
-            .and_then(|a| a.node_affinity.as_ref())
-            .and_then(|na| {
-                na.required_during_scheduling_ignored_during_execution
-                    .as_ref()
-            })
-            .is_some();
+        let has_required = required_terms(spec).is_some();
         Ok(if has_selector || has_required {
             Prepared::Continue
         } else {
@@ -80,35 +72,39 @@ impl FilterPlugin for NodeAffinity {
     }
 
     fn filter(&self, pod: &PodInfo, node: &NodeInfo, _: &CycleState) -> Result<(), Reason> {
-        let spec = pod.spec();
-        const REASON: &str = "node(s) didn't match Pod's node affinity/selector";
-        if let Some(selector) = spec.node_selector.as_ref() {
-            if !selector
-                .iter()
-                .all(|(k, v)| node.label(k) == Some(v.as_str()))
-            {
-                return Err(REASON.into());
-            }
+        if required_node_affinity_matches(pod.spec(), node) {
+            Ok(())
+        } else {
+            Err("node(s) didn't match Pod's node affinity/selector".into())
         }
-        let required = spec
-            .affinity
-            .as_ref()
-            .and_then(|a| a.node_affinity.as_ref())
-            .and_then(|na| {
-                na.required_during_scheduling_ignored_during_execution
-                    .as_ref()
-            });
-        if let Some(required) = required {
-            if !required
-                .node_selector_terms
-                .iter()
-                .any(|t| node_selector_term_matches(t, node))
-            {
-                return Err(REASON.into());
-            }
-        }
-        Ok(())
     }
+}
+
+/// Whether a node satisfies a pod's `nodeSelector` and its required node affinity (any of
+/// the terms) — what the NodeAffinity filter and the DaemonSet controller check.
+pub fn required_node_affinity_matches(spec: &PodSpec, node: &NodeInfo) -> bool {
+    if let Some(selector) = spec.node_selector.as_ref() {
+        if !selector
+            .iter()
+            .all(|(k, v)| node.label(k) == Some(v.as_str()))
+        {
+            return false;
+        }
+    }
+    required_terms(spec)
+        .is_none_or(|terms| terms.iter().any(|t| node_selector_term_matches(t, node)))
+}
+
+/// The terms of a pod's required node affinity, if it has one.
+pub fn required_terms(spec: &PodSpec) -> Option<&[NodeSelectorTerm]> {
+    let required = spec
+        .affinity
+        .as_ref()?
+        .node_affinity
+        .as_ref()?
+        .required_during_scheduling_ignored_during_execution
+        .as_ref()?;
+    Some(&required.node_selector_terms)
 }
 
 impl ScorePlugin for NodeAffinity {
