@@ -5,10 +5,8 @@
 //! status from 200 to 399 (sent with `User-Agent: kube-probe/<version>` and `Accept: */*`,
 //! overridable by the probe's headers); a tcpSocket probe when the connection opens; a grpc
 //! probe when `grpc.health.v1.Health/Check` answers `SERVING`. Every attempt is bounded by
-//! the probe's timeout, and running out of time is a failure.
-//!
-//! Not supported: HTTPS httpGet probes (they would need a TLS stack in wharf-core); such a
-//! probe reports [`ProbeResult::Unknown`], which the node agent does not count.
+//! the probe's timeout, and running out of time is a failure. HTTPS httpGet probes do not
+//! verify the server's certificate, as kubelet's do not.
 
 mod grpc;
 mod http;
@@ -107,15 +105,11 @@ impl Prober for NetworkProber {
                 path,
                 headers,
             } => {
-                if *scheme == Scheme::Https {
-                    return ProbeResult::Unknown(
-                        "HTTPS probes are not supported by this prober".into(),
-                    );
-                }
                 let Some(host) = host_of(host, target) else {
                     return ProbeResult::Unknown("the pod has no IP yet".into());
                 };
-                http::probe(&host, *port, path, headers, timeout).await
+                let tls = *scheme == Scheme::Https;
+                http::probe(tls, &host, *port, path, headers, timeout).await
             }
             ProbeAction::TcpSocket { host, port } => {
                 let Some(host) = host_of(host, target) else {
