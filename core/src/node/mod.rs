@@ -18,6 +18,7 @@
 //! ```
 
 pub mod config;
+pub mod dns;
 pub mod machine;
 pub mod status;
 mod usage;
@@ -79,6 +80,14 @@ pub struct NodeConfig {
     pub heartbeat: Duration,
     /// How often the Node status is rewritten (60 s).
     pub status_update: Duration,
+    /// Cluster DNS servers (kubelet's `--cluster-dns`): pods with `dnsPolicy: ClusterFirst` use
+    /// them. Empty (the default): such pods use the node's resolver, as kubelet does.
+    pub cluster_dns: Vec<IpAddr>,
+    /// Cluster domain (`cluster.local`), for the search path of `ClusterFirst` pods.
+    pub cluster_domain: String,
+    /// The node's resolver configuration for `dnsPolicy: Default` (`/etc/resolv.conf`); `None`
+    /// for no host resolver (simulated nodes).
+    pub resolv_conf: Option<PathBuf>,
     /// How often the files of running pods' configMap, secret, downwardAPI and projected
     /// volumes are brought up to date with their sources (60 s, kubelet's sync frequency).
     /// Each refresh swaps the files atomically.
@@ -105,6 +114,9 @@ impl NodeConfig {
             heartbeat: Duration::from_secs(10),
             status_update: Duration::from_secs(60),
             volume_refresh: Duration::from_secs(60),
+            cluster_dns: Vec::new(),
+            cluster_domain: "cluster.local".to_string(),
+            resolv_conf: Some(PathBuf::from("/etc/resolv.conf")),
         }
     }
 
@@ -443,6 +455,17 @@ impl NodeAgent {
             store: self.store.clone(),
             clock: self.clock,
             routes: Mutex::new(HashMap::new()),
+            dns: dns::NodeDns {
+                cluster_dns: self.config.cluster_dns.clone(),
+                cluster_domain: self.config.cluster_domain.clone(),
+                host: self
+                    .config
+                    .resolv_conf
+                    .as_ref()
+                    .and_then(|p| std::fs::read_to_string(p).ok())
+                    .map(|text| dns::parse_resolv_conf(&text))
+                    .unwrap_or_default(),
+            },
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
         let workers = Arc::new(Mutex::new(0usize));

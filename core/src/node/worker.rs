@@ -57,6 +57,8 @@ pub(crate) struct NodeContext {
     pub volumes: VolumeHost,
     pub store: Arc<dyn Store>,
     pub clock: Clock,
+    /// DNS settings for the pods' sandboxes.
+    pub dns: super::dns::NodeDns,
     /// Workers by sandbox id, for routing runtime events.
     pub routes: Mutex<HashMap<String, mpsc::UnboundedSender<WorkerEvent>>>,
 }
@@ -478,7 +480,7 @@ async fn create_sandbox(ctx: &NodeContext, pod: &Pod) -> Observation {
                     .collect()
             })
             .unwrap_or_default(),
-        dns: Default::default(),
+        dns: super::dns::pod_dns(pod, &ctx.dns),
     };
     match ctx.runtime.run_sandbox(&config).await {
         Ok(id) => Observation::SandboxReady(id),
