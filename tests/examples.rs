@@ -2,6 +2,10 @@
 //! the CI proof that they work. The quickstart runs in simulated mode for any user, and in
 //! real mode (native runtime, bridge, CSI) as root, as does `run_container` (CI runs as root).
 
+#[path = "../examples/support/mod.rs"]
+#[allow(dead_code)]
+mod support;
+
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -46,12 +50,7 @@ fn quickstart_simulated_tells_the_whole_story() {
 
 /// `None` (and a note on stderr) when not root: real containers need root.
 fn as_root(name: &str) -> Option<()> {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let root = status
-        .lines()
-        .find(|l| l.starts_with("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(2))
-        == Some("0");
+    let root = support::is_root();
     if !root {
         eprintln!("skipping {name}: real containers need root");
     }

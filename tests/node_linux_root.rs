@@ -6,6 +6,10 @@
 //! deleted, the agent stopped and the node's backends shut down whether the checks pass or
 //! not, and the test then checks that no mount, bridge or directory is left.
 
+#[path = "../examples/support/mod.rs"]
+#[allow(dead_code)]
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,7 +23,6 @@ use wharf::core::clock::Clock;
 use wharf::core::node::{NodeAgent, NodeConfig, NodeHandle};
 use wharf::core::store::memory::MemoryStore;
 use wharf::core::store::{Api, DeleteOptions, Store};
-use wharf::image::build::{build, BuildOptions};
 use wharf::linux::{LinuxNode, LinuxNodeOptions};
 
 const NODE: &str = "node-it";
@@ -28,17 +31,6 @@ const SUBNET: &str = "10.217.0.0/24";
 const IMAGE: &str = "busybox-it:1";
 const POD: &str = "probed";
 const BUSYBOX: &str = "/bin/busybox";
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
-        })
-        .unwrap_or(false)
-}
 
 fn sh(script: &str) -> Vec<String> {
     vec![BUSYBOX.into(), "sh".into(), "-c".into(), script.into()]
@@ -138,28 +130,6 @@ async fn wait_for<T>(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-fn build_image(node: &LinuxNode, base: &Path) -> Result<()> {
-    let context = base.join("build");
-    std::fs::create_dir_all(&context)?;
-    std::fs::copy(BUSYBOX, context.join("busybox"))
-        .context("copying /bin/busybox (apt-get install busybox-static)")?;
-    std::fs::write(
-        context.join("Dockerfile"),
-        "FROM scratch\nCOPY busybox /bin/busybox\nCMD [\"/bin/busybox\", \"sh\"]\n",
-    )?;
-    build(
-        &node.images,
-        &BuildOptions {
-            context: context.clone(),
-            tags: vec![IMAGE.to_string()],
-            ..BuildOptions::default()
-        },
-    )
-    .context("building the busybox image")?;
-    std::fs::remove_dir_all(&context)?;
-    Ok(())
 }
 
 /// The checks, on a running agent.
@@ -299,7 +269,7 @@ async fn on_node(base: &Path) -> Result<()> {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::with_clock(Clock::default()));
     let node = LinuxNode::start(store.clone(), &options).await?;
     let outcome = async {
-        build_image(&node, base)?;
+        support::build_from_host_busybox(base, &node.images, IMAGE)?;
         let agent = start_agent(&node, &store, base).await?;
         let checks = transitions(&node, &store).await;
         // Whatever happened: delete the pod (its containers, sandbox and attachment go with
@@ -316,30 +286,9 @@ async fn on_node(base: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Checks that nothing is left under `base` (mounts), no bridge, and removes `base`.
-fn leftovers(base: &Path) -> Result<()> {
-    let prefix = base.to_string_lossy().into_owned();
-    let mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")?
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(4).map(str::to_string))
-        .filter(|m| m.starts_with(&prefix))
-        .collect();
-    if !mounts.is_empty() {
-        bail!("mounts left: {mounts:?}");
-    }
-    if Path::new("/sys/class/net").join(BRIDGE).exists() {
-        bail!("bridge {BRIDGE} left");
-    }
-    match std::fs::remove_dir_all(base) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("removing {}", base.display())),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn native_pod_probes_and_crash_loop_root() {
-    if !is_root() {
+    if !support::is_root() {
         println!("skipped: needs root (the native runtime makes namespaces, mounts and a bridge)");
         return;
     }
@@ -352,7 +301,7 @@ async fn native_pod_probes_and_crash_loop_root() {
     }
     let base = PathBuf::from(format!("/tmp/wharf-node-it-{}", std::process::id()));
     let result = on_node(&base).await;
-    let left = leftovers(&base);
+    let left = support::check_nothing_left(&base, BRIDGE);
     if let Err(e) = result {
         panic!("{e:#}");
     }

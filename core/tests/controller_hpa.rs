@@ -343,6 +343,15 @@ async fn unready_pods_are_left_out_of_a_scale_up() {
     f.autoscale(resource("cpu", utilization(50)), 1, 10).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(replicas(store).await, 4);
+    // The metric was computed (not an error that also leaves 4 replicas).
+    let api: Api<HorizontalPodAutoscaler> = Api::namespaced(store.clone(), "default");
+    let status = api.get("web").await.unwrap().status.clone().unwrap();
+    assert_eq!(status.desired_replicas, 4);
+    assert!(conditions(store).await.contains(&(
+        "ScalingActive".into(),
+        "True".into(),
+        "ValidMetricFound".into()
+    )));
     f.shutdown.cancel();
 }
 

@@ -73,6 +73,13 @@ pub async fn obtain_busybox(
         Ok(Err(e)) => println!("image: pull failed: {e}"),
         Err(_) => println!("image: pull timed out"),
     }
+    build_from_host_busybox(base, images, tag)?;
+    Ok("built from the host's static /bin/busybox (FROM scratch + COPY)".to_string())
+}
+
+/// Builds image `tag` from the host's static `/bin/busybox` (`FROM scratch` + `COPY`), in a
+/// build context under `base` that is removed afterwards.
+pub fn build_from_host_busybox(base: &Path, images: &ImageStore, tag: &str) -> Result<()> {
     let busybox = Path::new("/bin/busybox");
     let static_binary = std::fs::read(busybox)
         .ok()
@@ -97,7 +104,7 @@ pub async fn obtain_busybox(
     )
     .context("building an image from /bin/busybox")?;
     std::fs::remove_dir_all(&context)?;
-    Ok("built from the host's static /bin/busybox (FROM scratch + COPY)".to_string())
+    Ok(())
 }
 
 /// An ELF64 executable without a PT_INTERP program header (no dynamic loader needed).

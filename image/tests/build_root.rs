@@ -151,8 +151,15 @@ fn errors_name_the_line() {
     let store = base_store(t.path());
     let ctx = t.path().join("ctx");
     fs::create_dir_all(&ctx).unwrap();
+    fs::write(ctx.join("one.txt"), "1").unwrap();
+    fs::write(ctx.join("two.txt"), "2").unwrap();
     let cases = [
         ("FROM scratch\nCOPY missing.txt /\n", 2, "missing.txt"),
+        (
+            "FROM scratch\nCOPY *.txt /dest\n",
+            2,
+            "must be a directory ending with /",
+        ),
         (
             "FROM scratch\nENV A=1\nRUN echo hi\n",
             3,

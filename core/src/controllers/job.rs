@@ -166,7 +166,7 @@ fn judge(rules: &[PodFailurePolicyRule], pod: &Pod) -> Verdict {
     Verdict::Count
 }
 
-fn finished_condition(job: &Job) -> Option<&JobCondition> {
+pub(crate) fn finished_condition(job: &Job) -> Option<&JobCondition> {
     job.status
         .as_ref()?
         .conditions
@@ -349,20 +349,21 @@ impl Reconciler for JobController {
                 if wait > Duration::ZERO {
                     requeue = Some(requeue.map_or(wait, |r| r.min(wait)));
                 } else {
-                    let results = futures::future::join_all(missing.iter().map(|&i| {
-                        let pod = self.pod(&object, &job, Some(i));
-                        ctx.store.create(pod.into_object())
-                    }))
+                    let (created, error) = create_pods(
+                        ctx,
+                        &object,
+                        |k| self.pod(&object, &job, Some(missing[k])),
+                        missing.len(),
+                    )
                     .await;
-                    let mut last = None;
-                    for r in results {
-                        let created =
-                            r.map_err(|e| ControllerError::store("create pod for", &object, e))?;
-                        last = Some(created);
-                        active_now += 1;
+                    active_now += created.len() as i32;
+                    if let Some(last) = created.last() {
+                        pods_informer
+                            .wait_observed(&Observed::Written(last.clone()))
+                            .await;
                     }
-                    if let Some(last) = last {
-                        pods_informer.wait_observed(&Observed::Written(last)).await;
+                    if let Some(e) = error {
+                        return Err(e);
                     }
                 }
             }

@@ -26,12 +26,13 @@ use async_trait::async_trait;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, NodeCondition, Pod, Taint, Toleration};
 
-use super::pod_state::is_finished;
+use super::pod_state::{is_finished, is_ready};
 use crate::clock::{from_k8s_time, to_k8s_time};
 use crate::controller::{
     Action, Context, Controller, ControllerError, ObjectKey, Observed, Reconciler,
 };
 use crate::object::{Kind, Object, Resource, Typed};
+use crate::scheduler;
 use crate::store::{DeleteOptions, StoreError};
 
 /// Taint of a node whose Ready condition is False.
@@ -108,21 +109,7 @@ fn ready_condition(node: &Node) -> Option<&NodeCondition> {
 fn tolerates(tolerations: &[Toleration], taint: &Taint) -> Option<Option<i64>> {
     tolerations
         .iter()
-        .filter(|t| {
-            let key_ok = match t.key.as_deref() {
-                None | Some("") => t.operator.as_deref() == Some("Exists"),
-                Some(k) => k == taint.key,
-            };
-            let value_ok = match t.operator.as_deref() {
-                Some("Exists") => true,
-                _ => t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or(""),
-            };
-            let effect_ok = t
-                .effect
-                .as_deref()
-                .is_none_or(|e| e.is_empty() || e == taint.effect);
-            key_ok && value_ok && effect_ok
-        })
+        .filter(|t| scheduler::plugins::tolerates(t, taint))
         .map(|t| t.toleration_seconds)
         // Tolerated: the shortest limit, or none if any matching toleration has none.
         .fold(None, |acc: Option<Option<i64>>, s| match (acc, s) {
@@ -330,12 +317,7 @@ async fn mark_not_ready(
     pod: &Pod,
     now: SystemTime,
 ) -> Result<(), ControllerError> {
-    let ready = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-    if !ready {
+    if !is_ready(pod) {
         return Ok(());
     }
     let mut pod = pod.clone();

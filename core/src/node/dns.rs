@@ -53,9 +53,11 @@ pub fn parse_resolv_conf(text: &str) -> DnsConfig {
 
 /// The DNS configuration of `pod` on a node with `node`'s settings.
 pub fn pod_dns(pod: &Pod, node: &NodeDns) -> DnsConfig {
-    let spec = pod.spec.clone().unwrap_or_default();
-    let host_network = spec.host_network.unwrap_or(false);
-    let policy = spec.dns_policy.as_deref().unwrap_or("ClusterFirst");
+    let spec = pod.spec.as_ref();
+    let host_network = spec.and_then(|s| s.host_network).unwrap_or(false);
+    let policy = spec
+        .and_then(|s| s.dns_policy.as_deref())
+        .unwrap_or("ClusterFirst");
     let cluster_first = match policy {
         "ClusterFirstWithHostNet" => true,
         "ClusterFirst" => !host_network,
@@ -80,7 +82,7 @@ pub fn pod_dns(pod: &Pod, node: &NodeDns) -> DnsConfig {
         }
         _ => node.host.clone(),
     };
-    if let Some(config) = &spec.dns_config {
+    if let Some(config) = spec.and_then(|s| s.dns_config.as_ref()) {
         for server in config.nameservers.iter().flatten() {
             if !dns.servers.contains(server) {
                 dns.servers.push(server.clone());

@@ -187,18 +187,14 @@ impl VolumeHost {
                     v.name
                 ));
             };
-            let mode = match spec
+            let mode = spec
                 .access_modes
                 .iter()
                 .flatten()
                 .next()
-                .map(String::as_str)
-            {
-                Some("ReadWriteMany") => AccessMode::MultiNodeMultiWriter,
-                Some("ReadOnlyMany") => AccessMode::MultiNodeReaderOnly,
-                Some("ReadWriteOncePod") => AccessMode::SingleNodeSingleWriter,
-                _ => AccessMode::SingleNodeWriter,
-            };
+                .map_or(AccessMode::SingleNodeWriter, |m| {
+                    crate::volume::access_mode(m)
+                });
             return Ok(Some(CsiVolume {
                 plugin: self.plugin(&csi.driver)?,
                 volume_id: csi.volume_handle,

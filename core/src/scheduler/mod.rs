@@ -280,7 +280,9 @@ impl Scheduler {
                     self.metrics.bind_errors.fetch_add(1, Ordering::Relaxed);
                     self.cache.unplace(info.object.uid());
                     match e {
-                        StoreError::NotFound { .. } => {}
+                        // Gone, or refused for good (already bound elsewhere, being
+                        // deleted): its watch event settles it, a retry cannot.
+                        StoreError::NotFound { .. } | StoreError::Invalid { .. } => {}
                         e => {
                             tracing::debug!(pod = %key, error = %e, "binding failed; retrying");
                             self.queue.add_or_update(key.clone(), info);

@@ -346,14 +346,18 @@ pub trait Store: Send + Sync + 'static {
         let mut written = self.update(binding.bound_spec(&stored)?.into()).await?;
         // The status write races with other status writers (the node agent may already
         // report): re-read and retry on conflict, a few times.
-        for _ in 0..5 {
+        let mut attempts = 0;
+        loop {
             let mut pod = written
                 .as_kind::<k8s_openapi::api::core::v1::Pod>()
                 .cloned()
                 .unwrap_or_default();
             binding.set_scheduled(&mut pod);
             match self.update_status(pod.into()).await {
-                Err(StoreError::Conflict { .. }) => {
+                // Out of retries: the conflict is the answer (the pod is bound, its condition
+                // is not written), not a success.
+                Err(StoreError::Conflict { .. }) if attempts < 4 => {
+                    attempts += 1;
                     written = self
                         .get(&Kind::Pod, Some(&binding.namespace), &binding.name)
                         .await?;
@@ -361,7 +365,6 @@ pub trait Store: Send + Sync + 'static {
                 other => return other,
             }
         }
-        Ok(written)
     }
 }
 

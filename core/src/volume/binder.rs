@@ -42,7 +42,8 @@ pub enum VolumeError {
     },
 }
 
-fn access_mode(mode: &str) -> AccessMode {
+/// The CSI access mode of a Kubernetes access mode.
+pub(crate) fn access_mode(mode: &str) -> AccessMode {
     match mode {
         "ReadOnlyMany" => AccessMode::MultiNodeReaderOnly,
         "ReadWriteMany" => AccessMode::MultiNodeMultiWriter,

@@ -15,6 +15,7 @@
 mod binder;
 mod protection;
 
+pub(crate) use binder::access_mode;
 pub use binder::{PersistentVolumeClaimController, PersistentVolumeController, VolumeError};
 pub use protection::{PvcProtectionController, PVC_PROTECTION_FINALIZER};
 

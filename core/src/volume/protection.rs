@@ -10,6 +10,7 @@ use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 
 use super::claims_of;
 use crate::controller::{Action, Context, Controller, ControllerError, ObjectKey, Reconciler};
+use crate::controllers::pod_state::is_finished;
 use crate::object::{Kind, Object, Typed};
 use crate::store::{Api, ListOptions};
 
@@ -43,11 +44,7 @@ impl PvcProtectionController {
 /// A pod uses its claims until it has finished (Succeeded or Failed) or is gone; a pod being
 /// deleted still uses them while its containers stop.
 fn in_use_by(pod: &Pod, claim: &str) -> bool {
-    let finished = matches!(
-        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
-        Some("Succeeded" | "Failed")
-    );
-    !finished && claims_of(pod).any(|c| c == claim)
+    !is_finished(pod) && claims_of(pod).any(|c| c == claim)
 }
 
 #[async_trait]

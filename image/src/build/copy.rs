@@ -160,11 +160,18 @@ pub(super) fn layer(
     if sources.is_empty() {
         return Err(step.err("no source files matched"));
     }
+    if sources.len() > 1 && !dest_dir_syntax {
+        // Docker's rule: several sources (here from a wildcard) need a directory `dest/`.
+        return Err(step.err(format!(
+            "{} sources matched, so the destination {dest:?} must be a directory ending with /",
+            sources.len()
+        )));
+    }
     let mut b = tar::Builder::new(Vec::new());
     // Parents of the destination, so the layer stands alone.
     let mut parent = PathBuf::new();
     let dest_rel = dest_path.strip_prefix("/").expect("absolute").to_path_buf();
-    let parents: Vec<_> = if dest_dir_syntax || sources.len() > 1 {
+    let parents: Vec<_> = if dest_dir_syntax {
         dest_rel.components().collect()
     } else {
         dest_rel

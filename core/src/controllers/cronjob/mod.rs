@@ -71,13 +71,7 @@ impl CronJobController {
 
 /// `Complete` or `Failed`, when the Job has finished.
 fn finished(job: &Job) -> Option<&str> {
-    job.status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
-        .map(|c| c.type_.as_str())
+    super::job::finished_condition(job).map(|c| c.type_.as_str())
 }
 
 /// When a Job started, for history ordering: its startTime, else its creation.

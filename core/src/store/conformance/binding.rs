@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, PodCondition};
 
 use super::{pod, with};
 use crate::clock::Clock;
@@ -34,7 +34,15 @@ pub async fn pod_binding(store: Arc<dyn Store>) {
         .unwrap();
     let pending = store
         .update_status(with::<Pod>(&created, |p| {
-            p.status.get_or_insert_with(Default::default).phase = Some("Pending".into());
+            let status = p.status.get_or_insert_with(Default::default);
+            status.phase = Some("Pending".into());
+            // As the scheduler leaves a pod it could not place before: bind replaces this.
+            status.conditions = Some(vec![PodCondition {
+                type_: "PodScheduled".into(),
+                status: "False".into(),
+                reason: Some("Unschedulable".into()),
+                ..Default::default()
+            }]);
         }))
         .await
         .unwrap();
@@ -62,6 +70,24 @@ pub async fn pod_binding(store: Arc<dyn Store>) {
         scheduled(&bound),
         Some(("True".into(), None)),
         "PodScheduled=True after bind"
+    );
+    let conditions = bound
+        .as_kind::<Pod>()
+        .and_then(|p| p.status.as_ref()?.conditions.clone())
+        .unwrap_or_default();
+    let scheduled_conditions: Vec<_> = conditions
+        .iter()
+        .filter(|c| c.type_ == "PodScheduled")
+        .collect();
+    assert_eq!(
+        scheduled_conditions.len(),
+        1,
+        "bind replaces PodScheduled=False: {conditions:?}"
+    );
+    assert_eq!(
+        scheduled_conditions[0].last_transition_time.as_ref(),
+        Some(&time),
+        "the condition changed at the binding's time"
     );
     assert_eq!(bound.field("status.phase").as_deref(), Some("Pending"));
     assert_eq!(bound.meta().labels, pending.meta().labels);
