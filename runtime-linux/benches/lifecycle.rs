@@ -110,21 +110,28 @@ fn main() {
         command: vec!["/bin/true".into()],
         ..Default::default()
     };
-    let lib_once = || {
+    // One library lifecycle; returns the time of each phase (create, start, exit event,
+    // remove).
+    let lib_phases = || {
         rt.block_on(async {
             let mut events = runtime.events();
-            let t = Instant::now();
+            let t0 = Instant::now();
             let id = runtime.create_container(&sandbox, &config).await.unwrap();
+            let t1 = Instant::now();
             runtime.start_container(&id).await.unwrap();
+            let t2 = Instant::now();
             while let Some(ev) = events.next().await {
                 if ev.container_id == id && matches!(ev.kind, RuntimeEventKind::Exited { .. }) {
                     break;
                 }
             }
+            let t3 = Instant::now();
             runtime.remove_container(&id).await.unwrap();
-            t.elapsed()
+            let t4 = Instant::now();
+            [t1 - t0, t2 - t1, t3 - t2, t4 - t3]
         })
     };
+    let lib_once = || lib_phases().iter().sum::<Duration>();
 
     let roots: Vec<(&str, PathBuf)> = ["wharf-runc", "runc", "crun"]
         .iter()
@@ -157,8 +164,13 @@ fn main() {
     for _ in 0..3 {
         lib_once();
     }
+    let mut phases: [Vec<Duration>; 4] = Default::default();
     for _ in 0..runs {
-        samples[0].1.push(lib_once());
+        let p = lib_phases();
+        for (v, d) in phases.iter_mut().zip(p) {
+            v.push(d);
+        }
+        samples[0].1.push(p.iter().sum());
         for (i, (name, root)) in roots.iter().enumerate() {
             let id = next_id();
             samples[i + 1]
@@ -175,6 +187,22 @@ fn main() {
             d.as_secs_f64() * 1e3,
             d.as_secs_f64() / crun
         );
+    }
+
+    print!("  library phases (median):");
+    for (name, v) in ["create", "start", "exit event", "remove"]
+        .iter()
+        .zip(phases)
+    {
+        print!(" {name} {:.2} ms,", median(v).as_secs_f64() * 1e3);
+    }
+    println!();
+    if std::env::var_os("WHARF_BENCH_SKIP_CRITERION").is_some() {
+        rt.block_on(async {
+            runtime.remove_sandbox(&sandbox).await.unwrap();
+            runtime.shutdown().await;
+        });
+        return;
     }
 
     // criterion for the library path (its own statistics).

@@ -105,6 +105,17 @@ impl MonitorClient {
     /// Sends one request and reads the first reply; returns the open reader for
     /// requests that answer twice.
     pub async fn call(&self, req: &Request) -> Result<(Reply, BufReader<UnixStream>)> {
+        let stream = self.send(req).await?;
+        let mut reader = BufReader::new(stream);
+        let reply = read(&mut reader)
+            .await
+            .map_err(|e| self.err(format!("receive: {e}")))?;
+        Ok((reply, reader))
+    }
+
+    /// Connects and sends one request; returns the connection, for replies that need
+    /// more than a line reader (descriptors passed with `SCM_RIGHTS`).
+    pub async fn send(&self, req: &Request) -> Result<UnixStream> {
         let mut stream = self.connect().await?;
         let mut line = serde_json::to_vec(req).map_err(|e| self.err(e.to_string()))?;
         line.push(b'\n');
@@ -112,11 +123,7 @@ impl MonitorClient {
             .write_all(&line)
             .await
             .map_err(|e| self.err(format!("send: {e}")))?;
-        let mut reader = BufReader::new(stream);
-        let reply = read(&mut reader)
-            .await
-            .map_err(|e| self.err(format!("receive: {e}")))?;
-        Ok((reply, reader))
+        Ok(stream)
     }
 
     /// Asks the monitor to exit once no container is alive.

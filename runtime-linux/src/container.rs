@@ -367,8 +367,17 @@ impl Engine {
         Ok(rec)
     }
 
-    /// Starts the program of a created container.
+    /// Starts the program of a created container and runs its poststart hooks.
     pub fn start(&self, id: &str) -> Result<()> {
+        let rec = self.release(id)?;
+        self.run_poststart(&rec);
+        Ok(())
+    }
+
+    /// The first half of [`Engine::start`]: lets the container's process exec (a few
+    /// small file operations, never blocking). Returns the record, for
+    /// [`Engine::run_poststart`].
+    pub fn release(&self, id: &str) -> Result<Record> {
         let rec = self.record(id)?;
         let status = self.status(&rec);
         if status != Status::Created {
@@ -396,13 +405,21 @@ impl Engine {
             self.dir(id).path.join("started"),
             state::now_nanos().to_string(),
         );
-        let oci = self.state_of(&rec);
+        Ok(rec)
+    }
+
+    /// Runs the poststart hooks of a started container (failures are logged, as the
+    /// runtime spec asks). Blocks for as long as the hooks run.
+    pub fn run_poststart(&self, rec: &Record) {
+        if rec.poststart.is_empty() {
+            return;
+        }
+        let oci = self.state_of(rec);
         for h in &rec.poststart {
-            if let Err(e) = run_hook(id, "poststart", h, &oci) {
-                tracing::warn!(id, error = %e, "poststart hook failed");
+            if let Err(e) = run_hook(&rec.id, "poststart", h, &oci) {
+                tracing::warn!(id = %rec.id, error = %e, "poststart hook failed");
             }
         }
-        Ok(())
     }
 
     /// Sends `signal` to the init process (or, with `all`, every process in the cgroup).
@@ -464,13 +481,15 @@ impl Engine {
         rec.cgroup.kill_all(id, Duration::from_secs(10))?;
         // Reap the init if it is our child (wharf-runc run); elsewhere the monitor does.
         let _ = reap_if_child(rec.pid);
-        let oci = ContainerState {
-            status: Status::Stopped,
-            ..self.state_of(&rec)
-        };
-        for h in &rec.poststop {
-            if let Err(e) = run_hook(id, "poststop", h, &oci) {
-                tracing::warn!(id, error = %e, "poststop hook failed");
+        if !rec.poststop.is_empty() {
+            let oci = ContainerState {
+                status: Status::Stopped,
+                ..self.state_of(&rec)
+            };
+            for h in &rec.poststop {
+                if let Err(e) = run_hook(id, "poststop", h, &oci) {
+                    tracing::warn!(id, error = %e, "poststop hook failed");
+                }
             }
         }
         rec.cgroup

@@ -13,8 +13,11 @@
 //! 1. C1: non-dumpable, oom_score_adj, join the cgroup, `setns` into namespaces given by
 //!    path (user first), `unshare` a new user namespace and wait for the parent to write
 //!    the id maps, then `unshare` the other new namespaces.
-//! 2. With a new or joined pid namespace C1 forks C2 (pid 1 there), reports its pid and
-//!    exits; the parent, a child subreaper, inherits C2.
+//! 2. With a new pid namespace and no user namespace, the parent has already forked C1
+//!    straight into it (`unshare(CLONE_NEWPID)`, fork, `setns` back): C1 is pid 1 and the
+//!    container process. Otherwise (joined pid namespace, or one that a user namespace
+//!    must own) C1 forks C2 (pid 1 there), reports its pid and exits; the parent, a
+//!    child subreaper, inherits C2.
 //! 3. The container process mounts its root, pivots, sets hostname, sysctls, rlimits,
 //!    identity and capabilities, reports `Ready` and blocks on the exec fifo until
 //!    `start` writes a byte into it, then execs.
@@ -221,10 +224,16 @@ pub fn spawn_with(
         sys::seqpacket_pair().map_err(|e| Error::os(&plan.id, "socketpair", e))?;
     let parent_sock = UnixDatagram::from(parent_sock);
     let child_sock = UnixDatagram::from(child_sock);
-    match sys::fork().map_err(|e| Error::os(&plan.id, "fork", e))? {
+    let pid_ns_by_parent = parent_makes_pid_ns(plan);
+    let forked = if pid_ns_by_parent {
+        fork_into_new_pid_ns()
+    } else {
+        sys::fork()
+    };
+    match forked.map_err(|e| Error::os(&plan.id, "fork", e))? {
         Fork::Child => {
             drop(parent_sock);
-            let err = match child(plan, &child_sock) {
+            let err = match child(plan, &child_sock, pid_ns_by_parent) {
                 Ok(never) => match never {},
                 Err(e) => e,
             };
@@ -233,7 +242,7 @@ pub fn spawn_with(
         }
         Fork::Parent(c1) => {
             drop(child_sock);
-            let res = parent(plan, c1, &parent_sock, before_pivot);
+            let res = parent(plan, c1, pid_ns_by_parent, &parent_sock, before_pivot);
             if let Err(e) = &res {
                 tracing::debug!(id = %plan.id, error = %e, "container setup failed");
             }
@@ -242,14 +251,54 @@ pub fn spawn_with(
     }
 }
 
+/// True when the parent can put the child straight into a new pid namespace (so it is
+/// pid 1 there from birth and no intermediate process is needed): a new pid namespace
+/// and no user namespace, new or joined — with one, the pid namespace must be owned by
+/// it, so the child creates it after entering the user namespace and forks again.
+fn parent_makes_pid_ns(plan: &InitPlan) -> bool {
+    plan.unshare & libc::CLONE_NEWPID != 0
+        && !plan.new_user
+        && !plan
+            .join
+            .iter()
+            .any(|(_, t)| *t == libc::CLONE_NEWUSER || *t == libc::CLONE_NEWPID)
+}
+
+/// Forks a child that is pid 1 of a new pid namespace: `unshare(CLONE_NEWPID)` only
+/// changes the namespace of the caller's *next* children, so the parent creates it,
+/// forks, and returns its own children's namespace to its own at once. One fork instead
+/// of two (the usual child → grandchild hop), which is most of what a container's
+/// creation costs in processes.
+fn fork_into_new_pid_ns() -> io::Result<Fork> {
+    let own = std::fs::File::open("/proc/self/ns/pid")?;
+    sys::unshare(libc::CLONE_NEWPID)?;
+    let forked = sys::fork();
+    if let Ok(Fork::Child) = forked {
+        return forked;
+    }
+    // Back to our own pid namespace for every later child. This cannot fail for a
+    // process returning to its active namespace; if it somehow did, every later
+    // container would share this one's namespace, so stop here rather than go on.
+    if let Err(e) = sys::setns(own.as_fd(), libc::CLONE_NEWPID) {
+        if let Ok(Fork::Parent(pid)) = forked {
+            let _ = sys::kill(pid, libc::SIGKILL);
+            let _ = sys::waitpid(pid);
+        }
+        panic!("cannot return to the runtime's own pid namespace: {e}");
+    }
+    forked
+}
+
 fn parent(
     plan: &InitPlan,
     c1: i32,
+    pid_ns_by_parent: bool,
     sock: &UnixDatagram,
     before_pivot: &mut dyn FnMut(i32) -> Result<()>,
 ) -> Result<Spawned> {
     let _ = sock.set_read_timeout(Some(Duration::from_secs(60)));
-    let mut pid = None;
+    // A child forked straight into its pid namespace is the container process itself.
+    let mut pid = pid_ns_by_parent.then_some(c1);
     let mut intermediate = 0;
     let mut ready = false;
     let mut console = None;
@@ -376,7 +425,11 @@ fn write_id_maps(pid: i32, uid_map: &str, gid_map: &str) -> io::Result<()> {
     std::fs::write(format!("/proc/{pid}/gid_map"), gid_map)
 }
 
-fn child(plan: &InitPlan, sock: &UnixDatagram) -> StepResult<std::convert::Infallible> {
+fn child(
+    plan: &InitPlan,
+    sock: &UnixDatagram,
+    in_pid_ns: bool,
+) -> StepResult<std::convert::Infallible> {
     sys::prctl(libc::PR_SET_DUMPABLE, 0, 0).step(|| "set non-dumpable".into())?;
     sys::reset_signals();
     for (i, fd) in plan.stdio.iter().enumerate() {
@@ -419,11 +472,19 @@ fn child(plan: &InitPlan, sock: &UnixDatagram) -> StepResult<std::convert::Infal
         sys::setresgid(0).step(|| "become root in user namespace (gid)".into())?;
         sys::setresuid(0).step(|| "become root in user namespace (uid)".into())?;
     }
-    if plan.unshare != 0 {
-        sys::unshare(plan.unshare).step(|| "create namespaces".into())?;
+    // A pid namespace made by the parent already holds us (as pid 1).
+    let unshare = if in_pid_ns {
+        plan.unshare & !libc::CLONE_NEWPID
+    } else {
+        plan.unshare
+    };
+    if unshare != 0 {
+        sys::unshare(unshare).step(|| "create namespaces".into())?;
     }
     let joins_pid = plan.join.iter().any(|(_, t)| *t == libc::CLONE_NEWPID);
-    if plan.unshare & libc::CLONE_NEWPID != 0 || joins_pid {
+    if in_pid_ns {
+        // The parent knows our pid from fork; nothing to report.
+    } else if unshare & libc::CLONE_NEWPID != 0 || joins_pid {
         match sys::fork().step(|| "fork into pid namespace".into())? {
             Fork::Parent(c2) => {
                 let _ = send(

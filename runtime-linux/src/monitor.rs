@@ -11,8 +11,7 @@
 //! conmon cost one per container).
 //!
 //! Protocol: one JSON request per line; the answer is one JSON line, except for
-//! `subscribe` (a stream of events) and `exec` with capture (a second line when the
-//! process ends). Idle rule: with no containers alive and no client connected for
+//! `subscribe` (a stream of events) and `exec` (a second line when the process ends). Idle rule: with no containers alive and no client connected for
 //! [`IDLE_EXIT`], the monitor exits.
 
 use std::collections::HashMap;
@@ -68,6 +67,25 @@ pub struct ExecProcess {
     pub gid: Option<u32>,
 }
 
+/// How an exec'd process's standard streams are wired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecMode {
+    /// Streams to `/dev/null`; an `exec_done` reply gives the exit code when it ends.
+    Detached,
+    /// Stdout and stderr are collected and returned with the exit code (`exec_done`).
+    Capture,
+    /// The client gets the streams: the `exec_started` reply carries, by `SCM_RIGHTS`,
+    /// the pty master (with `terminal`) or the read ends of stdout and stderr followed,
+    /// with `stdin`, by the write end of stdin; `exec_done` follows at the end.
+    Interactive {
+        /// Give the process a pty.
+        terminal: Option<Terminal>,
+        /// Connect stdin (without a terminal; a pty is always read and written).
+        stdin: bool,
+    },
+}
+
 /// A request to the monitor.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -85,26 +103,14 @@ pub enum Request {
         /// CRI log file for stdout/stderr (None: discard).
         log: Option<LogTarget>,
     },
-    /// Exec a process in a running container; with `capture`, its output is returned
-    /// when it ends.
+    /// Exec a process in a running container.
     Exec {
         /// Container id.
         id: String,
         /// The process.
         process: ExecProcess,
-        /// Return stdout/stderr and the exit code.
-        capture: bool,
-        /// Hand the process's stdio to the client: the `exec_started` reply carries,
-        /// by `SCM_RIGHTS`, the pty master (with `terminal`) or the read ends of
-        /// stdout and stderr followed, with `stdin`, by the write end of stdin.
-        #[serde(default)]
-        interactive: bool,
-        /// Give the process a pty (interactive only).
-        #[serde(default)]
-        terminal: Option<Terminal>,
-        /// Connect stdin (interactive, without a terminal).
-        #[serde(default)]
-        stdin: bool,
+        /// How its standard streams are wired and what the replies carry.
+        mode: ExecMode,
     },
     /// Create new namespaces (`flags`: CLONE_NEWNET/IPC/UTS) and pin them by bind
     /// mounts onto `dir/{net,ipc,uts}`, so they live without a process.
@@ -205,15 +211,6 @@ struct Client {
     buf: Vec<u8>,
     subscriber: bool,
     closed: bool,
-}
-
-/// How an exec's stdio is wired.
-#[derive(Debug, Clone, Copy)]
-struct ExecIo {
-    capture: bool,
-    interactive: bool,
-    terminal: Option<Terminal>,
-    stdin: bool,
 }
 
 enum Tracked {
@@ -630,28 +627,13 @@ impl Monitor {
                 Ok(()) => Reply::Ok,
                 Err(e) => Reply::error(&e),
             },
-            Request::Exec {
-                id,
-                process,
-                capture,
-                interactive,
-                terminal,
-                stdin,
-            } => {
-                let io = ExecIo {
-                    capture,
-                    interactive,
-                    terminal,
-                    stdin,
-                };
-                match self.exec(key, &id, process, io) {
-                    Ok((pid, fds)) if !fds.is_empty() => {
-                        return self.send_fds(key, &Reply::ExecStarted { pid }, fds)
-                    }
-                    Ok((pid, _)) => Reply::ExecStarted { pid },
-                    Err(e) => Reply::error(&e),
+            Request::Exec { id, process, mode } => match self.exec(key, &id, process, mode) {
+                Ok((pid, fds)) if !fds.is_empty() => {
+                    return self.send_fds(key, &Reply::ExecStarted { pid }, fds)
                 }
-            }
+                Ok((pid, _)) => Reply::ExecStarted { pid },
+                Err(e) => Reply::error(&e),
+            },
         };
         self.send(key, &reply);
     }
@@ -747,9 +729,13 @@ impl Monitor {
         key: usize,
         id: &str,
         p: ExecProcess,
-        io: ExecIo,
+        mode: ExecMode,
     ) -> Result<(i32, Vec<OwnedFd>)> {
-        let capture = io.capture && !io.interactive;
+        let capture = mode == ExecMode::Capture;
+        let (interactive, terminal, want_stdin) = match mode {
+            ExecMode::Interactive { terminal, stdin } => (true, terminal, stdin),
+            _ => (false, None, false),
+        };
         let mut plan: ProcessPlan = self.engine.process_of(id)?;
         plan.args = p.args;
         plan.env.extend(p.env);
@@ -768,7 +754,7 @@ impl Monitor {
             .write(true)
             .open("/dev/null")
             .map_err(|e| Error::os(id, "open /dev/null", e))?;
-        let piped = capture || (io.interactive && io.terminal.is_none());
+        let piped = capture || (interactive && terminal.is_none());
         let (out, err) = if piped {
             (
                 Some(sys::pipe().map_err(|e| Error::os(id, "pipe", e))?),
@@ -777,7 +763,7 @@ impl Monitor {
         } else {
             (None, None)
         };
-        let input = if io.interactive && io.stdin && io.terminal.is_none() {
+        let input = if interactive && want_stdin && terminal.is_none() {
             Some(sys::pipe().map_err(|e| Error::os(id, "pipe", e))?)
         } else {
             None
@@ -797,9 +783,8 @@ impl Monitor {
                     .map_or(devnull.as_raw_fd(), |(_, w)| w.as_raw_fd()),
             ),
         ];
-        let terminal = if io.interactive { io.terminal } else { None };
         let spawned = self.engine.exec(id, plan, stdio, terminal)?;
-        if io.interactive {
+        if interactive {
             // The client gets the streams; we only reap the process and report its end.
             let mut fds: Vec<OwnedFd> = spawned.console.into_iter().collect();
             for (r, w) in [out, err].into_iter().flatten() {

@@ -33,7 +33,7 @@ use crate::client::{self, MonitorClient};
 use crate::container::{ContainerState, Engine};
 use crate::error::Error;
 use crate::logs::LogTarget;
-use crate::monitor::{Event, ExecProcess, Reply, Request};
+use crate::monitor::{Event, ExecMode, ExecProcess, Reply, Request};
 use crate::rootfs::Overlay;
 use crate::state::{self, Status};
 use crate::sys;
@@ -150,6 +150,23 @@ fn exec_started(op: &str, id: &str, reply: Reply) -> BackendResult<i32> {
             id,
             format!("unexpected reply {other:?}"),
         )),
+    }
+}
+
+/// Runs short blocking work (state files, cgroup directories; it only waits on other
+/// processes when something is left to kill). On a multi-threaded runtime it runs in
+/// place — the worker hands its other tasks to another thread — which spares the
+/// calling task the two thread hops of `spawn_blocking`, a cost that dominates on a
+/// loaded machine; a current-thread runtime (where that is refused) gets
+/// `spawn_blocking`.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, tokio::task::JoinError> {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    if Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread {
+        Ok(tokio::task::block_in_place(f))
+    } else {
+        tokio::task::spawn_blocking(f).await
     }
 }
 
@@ -1065,19 +1082,26 @@ impl ContainerRuntime for LinuxRuntime {
     }
 
     async fn start_container(&self, container_id: &str) -> BackendResult<()> {
-        let inner = Arc::clone(&self.inner);
-        let id = container_id.to_string();
-        tokio::task::spawn_blocking(move || inner.engine.start(&id))
-            .await
-            .map_err(|e| {
-                BackendError::new(
-                    ErrorKind::Internal,
-                    "start container",
-                    container_id,
-                    e.to_string(),
-                )
-            })?
+        // Releasing the process is a few small, non-blocking file operations: done
+        // here rather than on a blocking thread (a thread hop costs more).
+        let rec = self
+            .inner
+            .engine
+            .release(container_id)
             .map_err(|e| backend("start container", container_id, e))?;
+        if !rec.poststart.is_empty() {
+            let inner = Arc::clone(&self.inner);
+            tokio::task::spawn_blocking(move || inner.engine.run_poststart(&rec))
+                .await
+                .map_err(|e| {
+                    BackendError::new(
+                        ErrorKind::Internal,
+                        "start container",
+                        container_id,
+                        e.to_string(),
+                    )
+                })?;
+        }
         let sb = self
             .inner
             .meta(container_id)
@@ -1146,7 +1170,7 @@ impl ContainerRuntime for LinuxRuntime {
         }
         let inner = Arc::clone(&self.inner);
         let id = container_id.to_string();
-        let res = tokio::task::spawn_blocking(move || inner.engine.delete(&id, true))
+        let res = blocking(move || inner.engine.delete(&id, true))
             .await
             .map_err(|e| {
                 BackendError::new(
@@ -1253,10 +1277,7 @@ impl ContainerRuntime for LinuxRuntime {
                 args: command.to_vec(),
                 ..Default::default()
             },
-            capture: true,
-            interactive: false,
-            terminal: None,
-            stdin: false,
+            mode: ExecMode::Capture,
         };
         let (reply, mut reader) = self
             .inner
@@ -1320,12 +1341,12 @@ impl ContainerRuntime for LinuxRuntime {
                 env,
                 ..Default::default()
             },
-            capture: false,
-            interactive: true,
-            terminal: request
-                .tty
-                .then_some(crate::container::Terminal { size: request.size }),
-            stdin: request.stdin,
+            mode: ExecMode::Interactive {
+                terminal: request
+                    .tty
+                    .then_some(crate::container::Terminal { size: request.size }),
+                stdin: request.stdin,
+            },
         };
         let unavailable = |e: std::io::Error| {
             BackendError::new(
@@ -1335,17 +1356,12 @@ impl ContainerRuntime for LinuxRuntime {
                 format!("monitor: {e}"),
             )
         };
-        let mut stream = self
+        let stream = self
             .inner
             .monitor
-            .connect()
+            .send(&req)
             .await
             .map_err(|e| backend(op, container_id, e))?;
-        let mut line = serde_json::to_vec(&req).expect("request serialises");
-        line.push(b'\n');
-        tokio::io::AsyncWriteExt::write_all(&mut stream, &line)
-            .await
-            .map_err(unavailable)?;
         // The first reply carries descriptors: read it with recvmsg on a blocking socket.
         let std_stream = stream.into_std().map_err(unavailable)?;
         std_stream.set_nonblocking(false).map_err(unavailable)?;
