@@ -211,6 +211,19 @@ impl InTreeVolumes for InTree {
             .map_err(|e| e.to_string())
     }
 
+    async fn refresh(
+        &self,
+        pod: &Pod,
+        volume: &Volume,
+        dir: &std::path::Path,
+        objects: &wharf_core::node::SourceObjects,
+    ) -> Result<(), String> {
+        self.0
+            .refresh(pod, volume, dir, objects)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
     async fn teardown(
         &self,
         pod: &Pod,

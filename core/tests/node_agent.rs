@@ -143,3 +143,46 @@ async fn pods_deleted_right_after_start_go_away_on_threads() {
     assert_eq!(h.runtime.counts(), (0, 0));
     assert_eq!(h.network.allocated(), 0);
 }
+
+/// A restarted agent scans the runtime once: it adopts what its pods left, tears down what
+/// pods deleted meanwhile left, and pods bound after its start do not scan again.
+#[tokio::test(start_paused = true)]
+async fn runtime_is_scanned_once_at_start() {
+    let mut h = Harness::new().await;
+    h.create(pod("keep", vec![container("kept")])).await;
+    h.create(pod("orphan", vec![container("orphaned")])).await;
+    for name in ["keep", "orphan"] {
+        h.wait(name, Duration::from_secs(60), |s| phase(s) == "Running")
+            .await;
+    }
+    h.stop_agent().await;
+    let force = wharf_core::store::DeleteOptions {
+        grace_period_seconds: Some(0),
+        ..Default::default()
+    };
+    h.pods().delete("orphan", &force).await.unwrap();
+    let before = h.runtime.list_sandbox_calls();
+    h.start_agent().await;
+    h.at(10).await;
+    assert_eq!(h.runtime.list_sandbox_calls(), before + 1);
+    assert_eq!(h.runtime.counts(), (1, 1), "the orphan's sandbox is gone");
+    assert_eq!(h.network.allocated(), 1);
+    for i in 0..5 {
+        h.create(pod(&format!("new{i}"), vec![container("app")]))
+            .await;
+    }
+    for i in 0..5 {
+        h.wait(&format!("new{i}"), Duration::from_secs(60), |s| {
+            phase(s) == "Running"
+        })
+        .await;
+    }
+    assert_eq!(
+        h.runtime.list_sandbox_calls(),
+        before + 1,
+        "a new pod scanned"
+    );
+    assert_eq!(h.starts("kept"), vec![0], "the kept pod was restarted");
+    assert_eq!(cstatus(&h.status("keep").await, "kept").restart_count, 0);
+    assert_eq!(h.runtime.counts(), (6, 6));
+}

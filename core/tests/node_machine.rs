@@ -132,7 +132,8 @@ fn pod_is_finished_only_once_the_final_delete_is_done() {
         matches!(
             teardown.as_slice(),
             [Action::TearDown {
-                sandbox_id: Some(_)
+                sandbox_id: Some(_),
+                volumes: true,
             }]
         ),
         "{teardown:?}"

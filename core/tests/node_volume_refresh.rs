@@ -10,9 +10,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use k8s_openapi::api::core::v1::{ConfigMapVolumeSource, EmptyDirVolumeSource, Pod, Volume};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ConfigMapVolumeSource, EmptyDirVolumeSource, Pod, Volume,
+};
 use node_support::*;
-use wharf_core::node::{InTreeVolumes, NodeAgent, NodeConfig};
+use wharf_core::node::{InTreeVolumes, NodeAgent, NodeConfig, SourceObjects};
+use wharf_core::object::{Kind, Object};
+use wharf_core::store::{
+    Api, DeleteOptions, Deleted, ListOptions, ObjectList, PodBinding, Result as StoreResult, Store,
+    WatchOptions, WatchStream,
+};
 
 /// Records every call: (volume, the pod's `version` label) for setups, `-volume` for teardowns.
 #[derive(Default)]
@@ -113,5 +120,183 @@ async fn projected_volumes_are_refreshed_while_the_pod_runs() {
         recording.count(),
         after_teardown,
         "a torn-down pod's volumes were set up again"
+    );
+}
+
+/// A store that counts reads (`get`) by kind.
+struct CountingStore {
+    inner: Arc<dyn Store>,
+    gets: Mutex<Vec<Kind>>,
+}
+
+impl CountingStore {
+    fn gets_of(&self, kind: &Kind) -> usize {
+        self.gets
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|k| *k == kind)
+            .count()
+    }
+}
+
+#[async_trait]
+impl Store for CountingStore {
+    async fn create(&self, object: Object) -> StoreResult<Arc<Object>> {
+        self.inner.create(object).await
+    }
+    async fn get(&self, kind: &Kind, ns: Option<&str>, name: &str) -> StoreResult<Arc<Object>> {
+        self.gets.lock().unwrap().push(kind.clone());
+        self.inner.get(kind, ns, name).await
+    }
+    async fn list(&self, kind: &Kind, options: &ListOptions) -> StoreResult<ObjectList> {
+        self.inner.list(kind, options).await
+    }
+    async fn update(&self, object: Object) -> StoreResult<Arc<Object>> {
+        self.inner.update(object).await
+    }
+    async fn update_status(&self, object: Object) -> StoreResult<Arc<Object>> {
+        self.inner.update_status(object).await
+    }
+    async fn delete(
+        &self,
+        kind: &Kind,
+        ns: Option<&str>,
+        name: &str,
+        options: &DeleteOptions,
+    ) -> StoreResult<Deleted> {
+        self.inner.delete(kind, ns, name, options).await
+    }
+    async fn watch(&self, kind: &Kind, options: &WatchOptions) -> StoreResult<WatchStream> {
+        self.inner.watch(kind, options).await
+    }
+    async fn current_resource_version(&self) -> StoreResult<u64> {
+        self.inner.current_resource_version().await
+    }
+    async fn bind(&self, binding: &PodBinding) -> StoreResult<Arc<Object>> {
+        self.inner.bind(binding).await
+    }
+}
+
+/// Records refreshes; the refresh of pods named `slow-*` takes 100 s.
+#[derive(Default)]
+struct SlowRefresh {
+    refreshed: Mutex<Vec<(String, Option<String>)>>,
+}
+
+#[async_trait]
+impl InTreeVolumes for SlowRefresh {
+    async fn setup(&self, _pod: &Pod, _volume: &Volume, dir: &Path) -> Result<PathBuf, String> {
+        Ok(dir.to_path_buf())
+    }
+
+    async fn refresh(
+        &self,
+        pod: &Pod,
+        volume: &Volume,
+        _dir: &Path,
+        objects: &SourceObjects,
+    ) -> Result<(), String> {
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let source = volume
+            .config_map
+            .as_ref()
+            .map(|c| c.name.as_str())
+            .unwrap_or("");
+        let value = objects
+            .config_map("default", source)
+            .and_then(|cm| cm.data.as_ref()?.get("key").cloned());
+        self.refreshed.lock().unwrap().push((name.clone(), value));
+        if name.starts_with("slow-") {
+            tokio::time::sleep(Duration::from_secs(100)).await;
+        }
+        Ok(())
+    }
+
+    async fn teardown(&self, _pod: &Pod, _volume: &Volume, _dir: &Path) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+fn pod_with_config(name: &str, config_map: &str) -> Pod {
+    let mut p = pod(name, vec![container("app")]);
+    p.spec.as_mut().unwrap().volumes = Some(vec![Volume {
+        name: "config".into(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: config_map.into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }]);
+    p
+}
+
+/// A refresh round reads each referenced ConfigMap once, however many pods use it, and
+/// takes the pods from the agent's watch instead of reading them; one pod's slow refresh
+/// does not hold up another pod's teardown.
+#[tokio::test(start_paused = true)]
+async fn refresh_reads_each_source_once_and_blocks_no_other_pod() {
+    let mut h = Harness::new().await;
+    h.stop_agent().await;
+    let counting = Arc::new(CountingStore {
+        inner: h.store.clone(),
+        gets: Mutex::new(Vec::new()),
+    });
+    h.store = counting.clone();
+    let hook = Arc::new(SlowRefresh::default());
+    let mut backends = backends(&h);
+    backends.in_tree_volumes = Some(hook.clone());
+    let mut config = NodeConfig::new(NODE);
+    config.volume_refresh = Duration::from_secs(10);
+    let agent = NodeAgent::new(config, backends, h.store.clone(), h.clock);
+    h.handle = Some(agent.start().await.unwrap());
+
+    let mut cm = ConfigMap::default();
+    cm.metadata.name = Some("shared".into());
+    cm.data = Some([("key".to_string(), "v1".to_string())].into());
+    Api::<ConfigMap>::namespaced(h.store.clone(), "default")
+        .create(cm)
+        .await
+        .unwrap();
+    let names = ["a", "b", "c", "slow-d", "e"];
+    for name in names {
+        h.create(pod_with_config(name, "shared")).await;
+    }
+    for name in names {
+        h.wait(name, Duration::from_secs(60), |s| phase(s) == "Running")
+            .await;
+    }
+    // The first round runs at 10 s (and stays in slow-d's refresh until 110 s).
+    h.at(9).await;
+    let (pods, cms) = (
+        counting.gets_of(&Kind::Pod),
+        counting.gets_of(&Kind::ConfigMap),
+    );
+    h.at(11).await;
+    assert_eq!(
+        counting.gets_of(&Kind::Pod),
+        pods,
+        "pods read by the refresh"
+    );
+    assert_eq!(
+        counting.gets_of(&Kind::ConfigMap) - cms,
+        1,
+        "one read of the ConfigMap per round"
+    );
+    let refreshed = hook.refreshed.lock().unwrap().clone();
+    assert!(!refreshed.is_empty());
+    assert!(
+        refreshed.iter().all(|(_, v)| v.as_deref() == Some("v1")),
+        "{refreshed:?}"
+    );
+
+    // Deleting another pod while slow-d's refresh runs does not wait for it.
+    let start = tokio::time::Instant::now();
+    h.delete("a").await;
+    h.wait_gone("a", Duration::from_secs(60)).await;
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "a teardown waited {:?} for another pod's refresh",
+        start.elapsed()
     );
 }

@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
+use super::downward;
 use crate::backend::image::ImageInfo;
 use crate::backend::runtime::{
     Capabilities, ContainerConfig, ContainerImage, Mount, Resources, SecurityContext,
@@ -169,58 +170,14 @@ fn field_value(
     var: &str,
     path: &str,
 ) -> Result<String, ConfigError> {
-    let meta = &pod.metadata;
-    let map_key = |prefix: &str| -> Option<String> {
-        path.strip_prefix(prefix)?
-            .strip_suffix("']")
-            .map(str::to_string)
+    let addresses = downward::Addresses {
+        pod_ips: &inputs.pod_ips,
+        host_ip: inputs.host_ip,
     };
-    let ips = |v: &[IpAddr]| {
-        v.iter()
-            .map(|i| i.to_string())
-            .collect::<Vec<_>>()
-            .join(",")
-    };
-    Ok(match path {
-        "metadata.name" => meta.name.clone().unwrap_or_default(),
-        "metadata.namespace" => meta.namespace.clone().unwrap_or_default(),
-        "metadata.uid" => meta.uid.clone().unwrap_or_default(),
-        "spec.nodeName" => pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.node_name.clone())
-            .unwrap_or_default(),
-        "spec.serviceAccountName" => pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.service_account_name.clone())
-            .unwrap_or_default(),
-        "status.podIP" => inputs
-            .pod_ips
-            .first()
-            .map(|i| i.to_string())
-            .unwrap_or_default(),
-        "status.podIPs" => ips(&inputs.pod_ips),
-        "status.hostIP" | "status.hostIPs" => {
-            inputs.host_ip.map(|i| i.to_string()).unwrap_or_default()
-        }
-        _ => {
-            if let Some(k) = map_key("metadata.labels['") {
-                meta.labels
-                    .as_ref()
-                    .and_then(|l| l.get(&k).cloned())
-                    .unwrap_or_default()
-            } else if let Some(k) = map_key("metadata.annotations['") {
-                meta.annotations
-                    .as_ref()
-                    .and_then(|l| l.get(&k).cloned())
-                    .unwrap_or_default()
-            } else {
-                return Err(ConfigError::UnsupportedField {
-                    var: var.to_string(),
-                    field: path.to_string(),
-                });
-            }
+    downward::field_value(pod, path, downward::Use::Env, addresses).map_err(|_| {
+        ConfigError::UnsupportedField {
+            var: var.to_string(),
+            field: path.to_string(),
         }
     })
 }
@@ -232,43 +189,18 @@ fn resource_value(
     resource: &str,
     divisor: Option<&Quantity>,
 ) -> Result<String, ConfigError> {
-    let unsupported = || ConfigError::UnsupportedField {
-        var: var.to_string(),
-        field: resource.to_string(),
+    let allocatable = |name: &str| match name {
+        "cpu" => Some(inputs.node_allocatable.0),
+        "memory" => Some(inputs.node_allocatable.1),
+        // The agent knows no other allocatable: such a limit reads as 0.
+        _ => Some(0),
     };
-    let (section, name) = resource.split_once('.').ok_or_else(unsupported)?;
-    let res = c.resources.as_ref();
-    let get = |which: &str| {
-        res.and_then(|r| {
-            if which == "limits" {
-                r.limits.as_ref()
-            } else {
-                r.requests.as_ref()
-            }
-        })
-        .and_then(|m| m.get(name))
-    };
-    let is_cpu = name == "cpu";
-    // Unset limits read as node allocatable; unset requests fall back to limits.
-    let value: i64 = match (section, get(section)) {
-        (_, Some(q)) => quantity::resource_value(name, q).map_err(|_| unsupported())?,
-        ("requests", None) => match get("limits") {
-            Some(q) => quantity::resource_value(name, q).map_err(|_| unsupported())?,
-            None => 0,
-        },
-        ("limits", None) if is_cpu => inputs.node_allocatable.0,
-        ("limits", None) if name == "memory" => inputs.node_allocatable.1,
-        ("limits", None) => 0,
-        _ => return Err(unsupported()),
-    };
-    // CPU values are in millicores, others in units; the divisor is in the same scale.
-    let div = match divisor {
-        Some(d) => quantity::resource_value(name, d).map_err(|_| unsupported())?,
-        None if is_cpu => 1000,
-        None => 1,
-    }
-    .max(1);
-    Ok(((value + div - 1) / div).to_string())
+    downward::resource_value(c, resource, divisor, allocatable).map_err(|_| {
+        ConfigError::UnsupportedField {
+            var: var.to_string(),
+            field: resource.to_string(),
+        }
+    })
 }
 
 /// The resolved environment of a container, in order: image env, envFrom, env.

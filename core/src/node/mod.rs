@@ -6,9 +6,10 @@
 //! pod. The decisions of a worker live in the pure [`machine::PodMachine`]; the worker
 //! ([`worker`]) only carries them out with the backends the agent was given.
 //!
-//! The agent survives its own restart: a new agent on the same runtime finds the sandboxes and
-//! containers the previous one made (by their labels) and adopts them instead of restarting
-//! them; sandboxes of pods that no longer exist are torn down.
+//! The agent survives its own restart: at start it scans the runtime once for the sandboxes
+//! and containers the previous one made (by their labels); each pod's worker adopts its
+//! share instead of restarting it, and sandboxes of pods that no longer exist are torn down.
+//! Pods bound later start from nothing, without another scan.
 //!
 //! ```ignore
 //! let agent = NodeAgent::new(NodeConfig::new("node-1"), backends, store, clock);
@@ -19,6 +20,7 @@
 
 pub mod config;
 pub mod dns;
+pub mod downward;
 pub mod machine;
 pub mod status;
 mod usage;
@@ -47,7 +49,7 @@ use crate::object::Typed;
 use crate::pod_metrics::PodMetrics;
 use crate::store::{Api, FieldSelector, ListOptions, Store, StoreError, WatchEvent, WatchOptions};
 pub use machine::PodMachine;
-pub use volumes::{InTreeVolumes, PathOnlyVolumes};
+pub use volumes::{InTreeVolumes, PathOnlyVolumes, SourceObjects};
 use worker::{NodeContext, PodWorker, WorkerEvent};
 
 /// The namespace of node heartbeat leases.
@@ -577,18 +579,22 @@ struct Workers {
     by_uid: HashMap<String, WorkerEntry>,
     done_tx: mpsc::UnboundedSender<String>,
     count: Arc<Mutex<usize>>,
+    /// What previous agents left in the runtime, by pod uid, until the pod's worker starts.
+    inherited: HashMap<String, worker::Inherited>,
 }
 
 impl Workers {
     fn send(&mut self, pod: Typed<Pod>) {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         if let Some(entry) = self.by_uid.get(&uid) {
+            self.ctx.volumes.pod_updated(&pod);
             // Fails only when the worker ended; then the event is stale.
             let _ = entry.tx.send(WorkerEvent::Pod(pod));
             return;
         }
         let (tx, rx) = mpsc::unbounded_channel();
-        let worker = PodWorker::new(self.ctx.clone(), pod, rx, tx.clone());
+        let inherited = self.inherited.remove(&uid);
+        let worker = PodWorker::new(self.ctx.clone(), pod, inherited, rx, tx.clone());
         let done = self.done_tx.clone();
         let u = uid.clone();
         let task = tokio::spawn(async move {
@@ -633,24 +639,29 @@ impl Workers {
     }
 }
 
-/// Tears down sandboxes whose pod is not in `live` (left by an agent that stopped while
-/// the pod was deleted).
-async fn collect_orphans(ctx: &NodeContext, live: &HashMap<String, Typed<Pod>>) {
-    let Ok(sandboxes) = ctx.runtime.list_sandboxes().await else {
-        return;
-    };
-    for sb in sandboxes {
-        let Some(uid) = sb.labels.get(config::labels::POD_UID) else {
+/// Tears down what previous agents left for pods not in `live` (pods deleted while no agent
+/// ran), and removes them from `inherited`.
+async fn collect_orphans(
+    ctx: &NodeContext,
+    live: &HashMap<String, Typed<Pod>>,
+    inherited: &mut HashMap<String, worker::Inherited>,
+) {
+    let orphans: Vec<String> = inherited
+        .keys()
+        .filter(|uid| !live.contains_key(*uid))
+        .cloned()
+        .collect();
+    for uid in orphans {
+        let Some(found) = inherited.remove(&uid) else {
             continue;
         };
-        if live.contains_key(uid) {
-            continue;
+        for sb in found.sandboxes {
+            let mut pod = Pod::default();
+            pod.metadata.uid = Some(uid.clone());
+            pod.metadata.name = Some(sb.name.clone());
+            pod.metadata.namespace = Some(sb.namespace.clone());
+            worker::tear_down(ctx, &pod, Some(&sb.id), false).await;
         }
-        let mut pod = Pod::default();
-        pod.metadata.uid = Some(uid.clone());
-        pod.metadata.name = Some(sb.name.clone());
-        pod.metadata.namespace = Some(sb.namespace.clone());
-        worker::tear_down(ctx, &pod, Some(&sb.id), false).await;
     }
 }
 
@@ -670,6 +681,7 @@ async fn watch_pods(
         by_uid: HashMap::new(),
         done_tx,
         count,
+        inherited: HashMap::new(),
     };
     let mut first = true;
     'relist: loop {
@@ -690,7 +702,10 @@ async fn watch_pods(
             .map(|p| (p.metadata.uid.clone().unwrap_or_default(), p))
             .collect();
         if first {
-            collect_orphans(&ctx, &live).await;
+            // The one scan of the runtime: what is left for live pods goes to their workers.
+            let mut inherited = worker::inherited(&ctx).await;
+            collect_orphans(&ctx, &live, &mut inherited).await;
+            workers.inherited = inherited;
             first = false;
         }
         let known: Vec<String> = workers.by_uid.keys().cloned().collect();

@@ -7,12 +7,14 @@
 //! per pod at `<root>/pods/<uid>/volumes/<name>`. Teardown unpublishes, and unstages when the
 //! last pod using it is gone.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod, Volume};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Volume,
+};
 
 use crate::backend::volume::{
     AccessMode, AccessType, NodePublishRequest, NodeStageRequest, StringMap, VolumeCapability,
@@ -25,13 +27,26 @@ use crate::store::{Api, Store};
 pub trait InTreeVolumes: Send + Sync + 'static {
     /// Makes the volume available at `dir` (or elsewhere) and returns its host path.
     ///
-    /// Also called again, with the pod as it is now, for the configMap, secret, downwardAPI
-    /// and projected volumes of a running pod (every [`NodeConfig::volume_refresh`]): the
-    /// implementation brings the files up to date, atomically, so a container never sees a
-    /// mix of old and new files.
+    /// Writes files atomically, so a container never sees a mix of old and new files: the
+    /// default [`refresh`](Self::refresh) calls it again on a set-up volume.
+    async fn setup(&self, pod: &Pod, volume: &Volume, dir: &Path) -> Result<PathBuf, String>;
+    /// Brings the files of a set-up configMap, secret, downwardAPI or projected volume up to
+    /// date (every [`NodeConfig::volume_refresh`]), atomically. `objects` holds the
+    /// ConfigMaps and Secrets the volume refers to, read once for the whole round: an
+    /// implementation should use them rather than read the store again. The default calls
+    /// [`setup`](Self::setup), which reads them itself.
     ///
     /// [`NodeConfig::volume_refresh`]: super::NodeConfig::volume_refresh
-    async fn setup(&self, pod: &Pod, volume: &Volume, dir: &Path) -> Result<PathBuf, String>;
+    async fn refresh(
+        &self,
+        pod: &Pod,
+        volume: &Volume,
+        dir: &Path,
+        objects: &SourceObjects,
+    ) -> Result<(), String> {
+        let _ = objects;
+        self.setup(pod, volume, dir).await.map(drop)
+    }
     /// Releases what `setup` made. Idempotent.
     async fn teardown(&self, pod: &Pod, volume: &Volume, dir: &Path) -> Result<(), String>;
 }
@@ -61,14 +76,131 @@ pub struct VolumeHost {
     pub plugins: Vec<Arc<dyn VolumePlugin>>,
     /// In-tree sources.
     pub in_tree: Option<Arc<dyn InTreeVolumes>>,
-    /// Pods using each staged volume id.
-    staged: Mutex<HashMap<String, usize>>,
-    /// Pods whose volumes are set up and have files to keep fresh, by uid.
+    /// Stagings by (driver, volume id).
+    stagings: Mutex<HashMap<(String, String), SharedStaging>>,
     /// CSI volumes published for pods, by (pod uid, volume name): teardown uses what setup
     /// resolved, so it does not depend on the claim or volume objects still existing.
     published: Mutex<HashMap<(String, String), CsiVolume>>,
-    /// Refreshes hold the lock while they write, so a teardown never races one.
-    projected: tokio::sync::Mutex<HashMap<String, Pod>>,
+    /// Pods whose volumes are set up and have files to keep fresh, by uid.
+    projected: Mutex<HashMap<String, Arc<Projected>>>,
+}
+
+/// A pod with configMap, secret, downwardAPI or projected volumes to keep fresh.
+struct Projected {
+    /// The pod as last seen by the agent's pod watch (its labels and annotations feed
+    /// downwardAPI files), so a refresh does not read it from the store.
+    pod: Mutex<Pod>,
+    /// Held while this pod's files are written (and only this pod's: other pods' refreshes
+    /// and teardowns do not wait); `true` once torn down, so a refresh that waited for the
+    /// teardown does not bring the directories back.
+    torn_down: tokio::sync::Mutex<bool>,
+}
+
+/// The ConfigMaps and Secrets the volumes of one refresh round refer to, each read from the
+/// store once however many pods and volumes use it.
+#[derive(Debug, Default)]
+pub struct SourceObjects {
+    config_maps: HashMap<(String, String), Option<ConfigMap>>,
+    secrets: HashMap<(String, String), Option<Secret>>,
+    /// Objects whose read failed: volumes using them keep their files this round.
+    unreadable: HashSet<(&'static str, String, String)>,
+}
+
+impl SourceObjects {
+    /// The ConfigMap `namespace/name`; `None` when it does not exist (or was not read).
+    pub fn config_map(&self, namespace: &str, name: &str) -> Option<&ConfigMap> {
+        self.config_maps
+            .get(&(namespace.to_string(), name.to_string()))?
+            .as_ref()
+    }
+
+    /// The Secret `namespace/name`; `None` when it does not exist (or was not read).
+    pub fn secret(&self, namespace: &str, name: &str) -> Option<&Secret> {
+        self.secrets
+            .get(&(namespace.to_string(), name.to_string()))?
+            .as_ref()
+    }
+
+    /// Reads what `volume` refers to, skipping what this round already read.
+    async fn read_for(&mut self, store: &Arc<dyn Store>, namespace: &str, volume: &Volume) {
+        let (config_maps, secrets) = source_refs(volume);
+        for name in config_maps {
+            let key = (namespace.to_string(), name);
+            if self.config_maps.contains_key(&key)
+                || self
+                    .unreadable
+                    .contains(&("ConfigMap", key.0.clone(), key.1.clone()))
+            {
+                continue;
+            }
+            let api: Api<ConfigMap> = Api::namespaced(store.clone(), namespace);
+            match api.get_opt(&key.1).await {
+                Ok(found) => {
+                    self.config_maps
+                        .insert(key, found.map(|c| c.to_owned_value()));
+                }
+                Err(e) => {
+                    tracing::warn!(configmap = %format!("{}/{}", key.0, key.1), error = %e,
+                        "reading a volume source failed");
+                    self.unreadable.insert(("ConfigMap", key.0, key.1));
+                }
+            }
+        }
+        for name in secrets {
+            let key = (namespace.to_string(), name);
+            if self.secrets.contains_key(&key)
+                || self
+                    .unreadable
+                    .contains(&("Secret", key.0.clone(), key.1.clone()))
+            {
+                continue;
+            }
+            let api: Api<Secret> = Api::namespaced(store.clone(), namespace);
+            match api.get_opt(&key.1).await {
+                Ok(found) => {
+                    self.secrets.insert(key, found.map(|s| s.to_owned_value()));
+                }
+                Err(e) => {
+                    tracing::warn!(secret = %format!("{}/{}", key.0, key.1), error = %e,
+                        "reading a volume source failed");
+                    self.unreadable.insert(("Secret", key.0, key.1));
+                }
+            }
+        }
+    }
+
+    /// Whether everything `volume` refers to was read.
+    fn readable(&self, namespace: &str, volume: &Volume) -> bool {
+        let (config_maps, secrets) = source_refs(volume);
+        let ns = namespace.to_string();
+        config_maps
+            .into_iter()
+            .all(|n| !self.unreadable.contains(&("ConfigMap", ns.clone(), n)))
+            && secrets
+                .into_iter()
+                .all(|n| !self.unreadable.contains(&("Secret", ns.clone(), n)))
+    }
+}
+
+/// The ConfigMaps and Secrets a volume's files come from: (configMap names, secret names).
+fn source_refs(v: &Volume) -> (Vec<String>, Vec<String>) {
+    let mut config_maps = Vec::new();
+    let mut secrets = Vec::new();
+    if let Some(cm) = &v.config_map {
+        config_maps.push(cm.name.clone());
+    }
+    if let Some(secret) = v.secret.as_ref().and_then(|s| s.secret_name.clone()) {
+        secrets.push(secret);
+    }
+    for source in v.projected.iter().flat_map(|p| p.sources.iter().flatten()) {
+        if let Some(cm) = &source.config_map {
+            config_maps.push(cm.name.clone());
+        }
+        if let Some(secret) = &source.secret {
+            secrets.push(secret.name.clone());
+        }
+    }
+    (config_maps, secrets)
 }
 
 impl std::fmt::Debug for VolumeHost {
@@ -90,6 +222,22 @@ fn is_projected(v: &Volume) -> bool {
         || v.downward_api.is_some()
         || v.projected.is_some()
 }
+
+/// One CSI volume's staging on this node. Its stage and unstage run under its lock, and a
+/// pod registers as a user under that lock before it publishes: a volume is staged once
+/// however many pods set it up at the same time, and unstaged only once no pod uses it.
+/// Users are a set (not a count), so a teardown repeated after a partial failure never
+/// releases another pod's use.
+#[derive(Debug, Default)]
+struct Staging {
+    /// Staged by this agent (unknown, so false, for a volume a previous agent staged).
+    staged: bool,
+    /// The pods using it, as (pod uid, volume name).
+    users: HashSet<(String, String)>,
+}
+
+/// A staging record, shared by the pods that set the volume up or tear it down.
+type SharedStaging = Arc<tokio::sync::Mutex<Staging>>;
 
 /// A CSI volume resolved from the pod spec.
 #[derive(Clone)]
@@ -124,9 +272,9 @@ impl VolumeHost {
             node_name,
             plugins,
             in_tree,
-            staged: Mutex::new(HashMap::new()),
+            stagings: Mutex::new(HashMap::new()),
             published: Mutex::new(HashMap::new()),
-            projected: tokio::sync::Mutex::new(HashMap::new()),
+            projected: Mutex::new(HashMap::new()),
         }
     }
 
@@ -253,50 +401,86 @@ impl VolumeHost {
             }
         }
         if self.in_tree.is_some() && pod_volumes(pod).any(is_projected) {
-            self.projected.lock().await.insert(uid, pod.clone());
+            let entry = Arc::new(Projected {
+                pod: Mutex::new(pod.clone()),
+                torn_down: tokio::sync::Mutex::new(false),
+            });
+            self.projected
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(uid, entry);
         }
         Ok(paths)
     }
 
+    /// Records the pod as it is now (from the agent's pod watch), for the next refresh of
+    /// its downwardAPI files. Cheap when the pod has nothing to refresh.
+    pub fn pod_updated(&self, pod: &Pod) {
+        let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+        let entry = self
+            .projected
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(uid)
+            .cloned();
+        if let Some(entry) = entry {
+            let version = |p: &Pod| {
+                p.metadata
+                    .resource_version
+                    .as_deref()
+                    .and_then(|v| v.parse::<u64>().ok())
+            };
+            let mut known = entry.pod.lock().unwrap_or_else(|e| e.into_inner());
+            // Watch events may lag behind what is known.
+            if version(pod) >= version(&known) {
+                *known = pod.clone();
+            }
+        }
+    }
+
     /// Brings the files of every set-up configMap, secret, downwardAPI and projected volume
     /// up to date with their sources and with the pod's current metadata (as kubelet's
-    /// periodic sync does). A source that cannot be read leaves the files as they were; the
-    /// failure is logged.
+    /// periodic sync does). Each referenced ConfigMap and Secret is read once per round; the
+    /// pods come from the agent's watch ([`pod_updated`](Self::pod_updated)). A source that
+    /// cannot be read leaves the files as they were; the failure is logged.
     pub async fn refresh(&self, store: &Arc<dyn Store>) {
         let Some(hook) = &self.in_tree else {
             return;
         };
-        let pods: Vec<(String, Pod)> = self
+        let entries: Vec<(String, Arc<Projected>)> = self
             .projected
             .lock()
-            .await
+            .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .map(|(uid, pod)| (uid.clone(), pod.clone()))
+            .map(|(uid, entry)| (uid.clone(), entry.clone()))
             .collect();
-        for (uid, known) in pods {
-            let ns = known
+        let mut objects = SourceObjects::default();
+        let mut pods = Vec::with_capacity(entries.len());
+        for (uid, entry) in entries {
+            let pod = entry.pod.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let ns = pod
                 .metadata
                 .namespace
                 .clone()
                 .unwrap_or_else(|| "default".into());
-            let name = known.metadata.name.clone().unwrap_or_default();
-            let pods: Api<Pod> = Api::namespaced(store.clone(), &ns);
-            // The pod as it is now (labels and annotations feed downwardAPI files); the one
-            // known at setup when it is gone from the store (it is being torn down).
-            let pod = match pods.get_opt(&name).await {
-                Ok(Some(p)) if p.metadata.uid.as_deref() == Some(uid.as_str()) => {
-                    p.to_owned_value()
-                }
-                _ => known,
-            };
-            let projected = self.projected.lock().await;
-            if !projected.contains_key(&uid) {
+            for v in pod_volumes(&pod).filter(|v| is_projected(v)) {
+                objects.read_for(store, &ns, v).await;
+            }
+            pods.push((uid, entry, pod, ns));
+        }
+        for (uid, entry, pod, ns) in pods {
+            let torn_down = entry.torn_down.lock().await;
+            if *torn_down {
                 // Torn down meanwhile: do not bring its directories back.
                 continue;
             }
+            let name = pod.metadata.name.as_deref().unwrap_or_default();
             for v in pod_volumes(&pod).filter(|v| is_projected(v)) {
+                if !objects.readable(&ns, v) {
+                    continue;
+                }
                 let dir = self.pod_volume_dir(&uid, &v.name);
-                if let Err(e) = hook.setup(&pod, v, &dir).await {
+                if let Err(e) = hook.refresh(&pod, v, &dir, &objects).await {
                     tracing::warn!(pod = %format!("{ns}/{name}"), volume = %v.name, error = %e,
                         "refreshing volume files failed; the previous files stay");
                 }
@@ -323,43 +507,52 @@ impl VolumeHost {
             let staging = caps
                 .stage_unstage
                 .then(|| self.staging_path(csi.plugin.name(), &csi.volume_id));
+            let key = (pod.metadata.uid.clone().unwrap_or_default(), v.name.clone());
             if let Some(staging) = &staging {
-                csi.plugin
-                    .node_stage(&NodeStageRequest {
-                        volume_id: csi.volume_id.clone(),
-                        publish_context: StringMap::new(),
-                        staging_path: staging.clone(),
-                        capability: csi.capability.clone(),
-                        secrets: StringMap::new(),
-                        volume_context: csi.context.clone(),
-                    })
-                    .await
-                    .map_err(|e| format!("volume {:?}: {e}", v.name))?;
-                *self
-                    .staged
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .entry(csi.volume_id.clone())
-                    .or_insert(0) += 1;
+                let entry = self.staging(&csi);
+                let mut st = entry.lock().await;
+                if !st.staged {
+                    csi.plugin
+                        .node_stage(&NodeStageRequest {
+                            volume_id: csi.volume_id.clone(),
+                            publish_context: StringMap::new(),
+                            staging_path: staging.clone(),
+                            capability: csi.capability.clone(),
+                            secrets: StringMap::new(),
+                            volume_context: csi.context.clone(),
+                        })
+                        .await
+                        .map_err(|e| format!("volume {:?}: {e}", v.name))?;
+                    st.staged = true;
+                }
+                st.users.insert(key.clone());
             }
-            csi.plugin
+            let published = csi
+                .plugin
                 .node_publish(&NodePublishRequest {
                     volume_id: csi.volume_id.clone(),
                     publish_context: StringMap::new(),
-                    staging_path: staging,
+                    staging_path: staging.clone(),
                     target_path: dir.to_path_buf(),
                     capability: csi.capability.clone(),
                     readonly: csi.readonly,
                     secrets: StringMap::new(),
                     volume_context: csi.context.clone(),
                 })
-                .await
-                .map_err(|e| format!("volume {:?}: {e}", v.name))?;
-            let uid = pod.metadata.uid.clone().unwrap_or_default();
+                .await;
+            if let Err(e) = published {
+                // Nothing of this volume may stay: a failed publish may have done part of
+                // its work, and the pod's use of the staging ends here.
+                if let Err(cleanup) = self.teardown_csi(&csi, &key, dir).await {
+                    tracing::warn!(volume = %v.name, error = %cleanup,
+                        "cleaning up after a failed publish failed");
+                }
+                return Err(format!("volume {:?}: {e}", v.name));
+            }
             self.published
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .insert((uid, v.name.clone()), csi);
+                .insert(key, csi);
             return Ok(dir.to_path_buf());
         }
         match &self.in_tree {
@@ -383,8 +576,15 @@ impl VolumeHost {
     ) -> Result<(), String> {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         if only.is_none() {
-            // Waits for a refresh in progress; later ones skip this pod.
-            self.projected.lock().await.remove(&uid);
+            let entry = self
+                .projected
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&uid);
+            if let Some(entry) = entry {
+                // Waits for a refresh of this pod in progress; later ones skip it.
+                *entry.torn_down.lock().await = true;
+            }
         }
         let mut first_error = None;
         let volumes: Vec<&Volume> = pod_volumes(pod).collect();
@@ -406,7 +606,7 @@ impl VolumeHost {
             };
             let r = match resolved {
                 Ok(Some(csi)) => {
-                    let r = self.teardown_csi(csi, &dir).await;
+                    let r = self.teardown_csi(&csi, &key, &dir).await;
                     if r.is_ok() {
                         self.published
                             .lock()
@@ -428,31 +628,58 @@ impl VolumeHost {
         first_error.map_or(Ok(()), Err)
     }
 
-    async fn teardown_csi(&self, csi: CsiVolume, dir: &Path) -> Result<(), String> {
+    /// The staging record of a CSI volume, made on first use.
+    fn staging(&self, csi: &CsiVolume) -> SharedStaging {
+        let key = (csi.plugin.name().to_string(), csi.volume_id.clone());
+        self.stagings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key)
+            .or_default()
+            .clone()
+    }
+
+    /// Unpublishes a pod's CSI volume and releases its use of the staging: the last user
+    /// unstages. Idempotent, and safe to repeat after a partial failure.
+    async fn teardown_csi(
+        &self,
+        csi: &CsiVolume,
+        user: &(String, String),
+        dir: &Path,
+    ) -> Result<(), String> {
         csi.plugin
             .node_unpublish(&csi.volume_id, dir)
             .await
             .map_err(|e| e.to_string())?;
-        let last = {
-            let mut staged = self.staged.lock().unwrap_or_else(|e| e.into_inner());
-            match staged.get_mut(&csi.volume_id) {
-                Some(n) if *n > 1 => {
-                    *n -= 1;
-                    false
-                }
-                Some(_) => {
-                    staged.remove(&csi.volume_id);
-                    true
-                }
-                None => false,
-            }
-        };
-        if last {
-            let staging = self.staging_path(csi.plugin.name(), &csi.volume_id);
-            csi.plugin
-                .node_unstage(&csi.volume_id, &staging)
-                .await
-                .map_err(|e| e.to_string())?;
+        let caps = csi.plugin.capabilities().await.map_err(|e| e.to_string())?;
+        if !caps.stage_unstage {
+            return Ok(());
+        }
+        let entry = self.staging(csi);
+        let mut st = entry.lock().await;
+        st.users.remove(user);
+        if !st.users.is_empty() {
+            return Ok(());
+        }
+        // No user left. Unstaging is idempotent, so it also runs when this agent did not
+        // stage the volume itself (a previous agent did).
+        let staging = self.staging_path(csi.plugin.name(), &csi.volume_id);
+        csi.plugin
+            .node_unstage(&csi.volume_id, &staging)
+            .await
+            .map_err(|e| e.to_string())?;
+        st.staged = false;
+        drop(st);
+        // Forget the record unless a setup is waiting for it.
+        let key = (csi.plugin.name().to_string(), csi.volume_id.clone());
+        let mut stagings = self.stagings.lock().unwrap_or_else(|e| e.into_inner());
+        let unused = stagings.get(&key).is_some_and(|e| {
+            Arc::strong_count(e) == 2
+                && e.try_lock()
+                    .is_ok_and(|st| !st.staged && st.users.is_empty())
+        });
+        if unused {
+            stagings.remove(&key);
         }
         Ok(())
     }

@@ -27,8 +27,8 @@ use crate::backend::image::{ImageService, PullOptions};
 use crate::backend::network::{AttachRequest, NetworkPlugin, PortMapping};
 use crate::backend::probe::{ProbeAction, ProbeResult, ProbeTarget, Prober};
 use crate::backend::runtime::{
-    ContainerFilter, ContainerRuntime, ContainerState, HostNamespaces, RuntimeEvent,
-    RuntimeEventKind, SandboxConfig, SandboxState,
+    ContainerFilter, ContainerRuntime, ContainerState, ContainerStatus, HostNamespaces,
+    RuntimeEvent, RuntimeEventKind, SandboxConfig, SandboxState, SandboxStatus,
 };
 use crate::clock::Clock;
 use crate::object::{Resource, Typed};
@@ -101,6 +101,53 @@ pub(crate) struct PodWorker {
     rx: mpsc::UnboundedReceiver<WorkerEvent>,
     tx: mpsc::UnboundedSender<WorkerEvent>,
     written: Option<PodStatus>,
+    /// What a previous agent left for this pod, to adopt before anything else.
+    inherited: Option<Inherited>,
+}
+
+/// What a previous agent left in the runtime for one pod: its sandboxes (labelled with the
+/// pod's uid) and their containers.
+#[derive(Debug, Default)]
+pub(crate) struct Inherited {
+    pub sandboxes: Vec<SandboxStatus>,
+    pub containers: Vec<ContainerStatus>,
+}
+
+/// Scans the runtime once (at agent start) for what previous agents left, by pod uid.
+pub(crate) async fn inherited(ctx: &NodeContext) -> HashMap<String, Inherited> {
+    let mut by_uid: HashMap<String, Inherited> = HashMap::new();
+    let sandboxes = match ctx.runtime.list_sandboxes().await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(node = %ctx.node_name, error = %e,
+                "listing sandboxes failed; nothing is adopted");
+            return by_uid;
+        }
+    };
+    if sandboxes.is_empty() {
+        return by_uid;
+    }
+    let mut pod_of: HashMap<String, String> = HashMap::new();
+    for sb in sandboxes {
+        let Some(uid) = sb.labels.get(labels::POD_UID).cloned() else {
+            continue;
+        };
+        pod_of.insert(sb.id.clone(), uid.clone());
+        by_uid.entry(uid).or_default().sandboxes.push(sb);
+    }
+    let containers = ctx
+        .runtime
+        .list_containers(&ContainerFilter::default())
+        .await
+        .unwrap_or_default();
+    for c in containers {
+        if let Some(uid) = pod_of.get(&c.sandbox_id) {
+            if let Some(found) = by_uid.get_mut(uid) {
+                found.containers.push(c);
+            }
+        }
+    }
+    by_uid
 }
 
 fn exited(container_id: String, t: Terminated) -> Observation {
@@ -118,6 +165,7 @@ impl PodWorker {
     pub fn new(
         ctx: Arc<NodeContext>,
         pod: Typed<Pod>,
+        inherited: Option<Inherited>,
         rx: mpsc::UnboundedReceiver<WorkerEvent>,
         tx: mpsc::UnboundedSender<WorkerEvent>,
     ) -> PodWorker {
@@ -128,12 +176,15 @@ impl PodWorker {
             rx,
             tx,
             written,
+            inherited,
         }
     }
 
     /// Runs until the pod is gone (or the agent drops the worker's channel).
     pub async fn run(mut self) {
-        self.adopt().await;
+        if let Some(inherited) = self.inherited.take() {
+            self.adopt(inherited).await;
+        }
         if let Some(sb) = self.machine.sandbox.done().cloned() {
             self.ctx.route(&sb, Some(&self.tx));
         }
@@ -198,32 +249,30 @@ impl PodWorker {
         }
     }
 
-    /// Picks up the sandbox and containers a previous agent left running for this pod.
-    async fn adopt(&mut self) {
-        let uid = self.machine.pod.metadata.uid.clone().unwrap_or_default();
-        let rt = &self.ctx.runtime;
-        let Ok(sandboxes) = rt.list_sandboxes().await else {
+    /// Picks up the sandbox and containers a previous agent left running for this pod (found
+    /// by the agent's one scan of the runtime at start).
+    async fn adopt(&mut self, inherited: Inherited) {
+        let Inherited {
+            mut sandboxes,
+            containers,
+        } = inherited;
+        sandboxes.sort_by_key(|s| s.created_at);
+        let Some(sandbox) = sandboxes.pop() else {
             return;
         };
-        let mut mine: Vec<_> = sandboxes
-            .into_iter()
-            .filter(|s| s.labels.get(labels::POD_UID) == Some(&uid))
-            .collect();
-        mine.sort_by_key(|s| s.created_at);
-        let Some(sandbox) = mine.pop() else { return };
-        // Older or stopped sandboxes of this pod are stale.
-        for stale in mine {
-            let _ = rt.remove_sandbox(&stale.id).await;
+        // Older or stopped sandboxes of this pod are stale: remove them with their
+        // containers and network attachments (the pod's volumes stay, it still uses them).
+        let pod = self.machine.pod.clone();
+        for stale in sandboxes {
+            tear_down(&self.ctx, &pod, Some(&stale.id), false).await;
         }
         if sandbox.state != SandboxState::Ready {
-            let _ = rt.remove_sandbox(&sandbox.id).await;
+            tear_down(&self.ctx, &pod, Some(&sandbox.id), false).await;
             return;
         }
-        let filter = ContainerFilter {
-            sandbox_id: Some(sandbox.id.clone()),
-            ..Default::default()
-        };
-        let containers = rt.list_containers(&filter).await.unwrap_or_default();
+        let containers = containers
+            .into_iter()
+            .filter(|c| c.sandbox_id == sandbox.id);
         let mut newest: HashMap<String, AdoptedContainer> = HashMap::new();
         for c in containers {
             let name = c
@@ -397,10 +446,12 @@ impl PodWorker {
                 }
                 .boxed()
             }
-            Action::TearDown { sandbox_id } => {
-                let paths = self.machine.volumes.done().cloned();
+            Action::TearDown {
+                sandbox_id,
+                volumes,
+            } => {
                 async move {
-                    tear_down(&ctx, &pod, sandbox_id.as_deref(), paths.is_some()).await;
+                    tear_down(&ctx, &pod, sandbox_id.as_deref(), volumes).await;
                     vec![Observation::TornDown]
                 }
                 .boxed()

@@ -22,6 +22,7 @@ pub struct SimNetwork {
     base: u32,
     prefix_len: u8,
     state: Arc<Mutex<State>>,
+    attach_latency: super::Latency,
 }
 
 impl std::fmt::Debug for SimNetwork {
@@ -53,6 +54,7 @@ impl SimNetwork {
             base: u32::from(addr) & mask,
             prefix_len,
             state: Arc::default(),
+            attach_latency: super::Latency::default(),
         })
     }
 
@@ -62,6 +64,16 @@ impl SimNetwork {
 
     fn gateway(&self) -> Ipv4Addr {
         Ipv4Addr::from(self.base + 1)
+    }
+
+    /// Makes `attach` slow: the attachment exists at once, the call returns `delay` later.
+    pub fn set_attach_latency(&self, delay: std::time::Duration) {
+        self.attach_latency.set(delay);
+    }
+
+    /// Number of attachments held.
+    pub fn attachments(&self) -> usize {
+        self.lock().attachments.len()
     }
 
     /// Number of addresses in use.
@@ -79,13 +91,8 @@ impl SimNetwork {
     }
 }
 
-#[async_trait]
-impl NetworkPlugin for SimNetwork {
-    fn name(&self) -> &str {
-        "sim"
-    }
-
-    async fn attach(&self, request: &AttachRequest) -> BackendResult<Attachment> {
+impl SimNetwork {
+    fn attach_now(&self, request: &AttachRequest) -> BackendResult<Attachment> {
         let id = AttachmentId {
             container_id: request.container_id.clone(),
             ifname: request.ifname().to_string(),
@@ -147,6 +154,19 @@ impl NetworkPlugin for SimNetwork {
         };
         s.attachments
             .insert(id, (attachment.clone(), request.port_mappings.clone()));
+        Ok(attachment)
+    }
+}
+
+#[async_trait]
+impl NetworkPlugin for SimNetwork {
+    fn name(&self) -> &str {
+        "sim"
+    }
+
+    async fn attach(&self, request: &AttachRequest) -> BackendResult<Attachment> {
+        let attachment = self.attach_now(request)?;
+        self.attach_latency.wait().await;
         Ok(attachment)
     }
 

@@ -8,6 +8,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
@@ -146,6 +147,8 @@ struct Inner {
     wake: Arc<Notify>,
     clock: Clock,
     default_behavior: Arc<Behavior>,
+    sandbox_latency: super::Latency,
+    list_sandbox_calls: AtomicUsize,
 }
 
 /// A simulated [`ContainerRuntime`]. Cheap to clone (shared state).
@@ -175,8 +178,21 @@ impl SimRuntime {
                 wake: Arc::new(Notify::new()),
                 clock,
                 default_behavior: Arc::new(Behavior::default()),
+                sandbox_latency: super::Latency::default(),
+                list_sandbox_calls: AtomicUsize::new(0),
             }),
         }
+    }
+
+    /// Makes `run_sandbox` slow: the sandbox exists (Ready) at once, the call returns
+    /// `delay` later. For tests of what happens while a sandbox is being made.
+    pub fn set_sandbox_latency(&self, delay: Duration) {
+        self.inner.sandbox_latency.set(delay);
+    }
+
+    /// How many times `list_sandboxes` was called.
+    pub fn list_sandbox_calls(&self) -> usize {
+        self.inner.list_sandbox_calls.load(Ordering::Relaxed)
     }
 
     /// Programs what containers with this name do from their next start on.
@@ -332,6 +348,33 @@ impl SimRuntime {
     }
 }
 
+impl SimRuntime {
+    fn make_sandbox(&self, config: &SandboxConfig) -> String {
+        let mut s = self.lock();
+        s.next_id += 1;
+        let id = format!("sb-{}", s.next_id);
+        let netns_path =
+            (!config.host_namespaces.network).then(|| PathBuf::from(format!("/sim/netns/{id}")));
+        s.sandboxes.insert(
+            id.clone(),
+            SandboxRecord {
+                status: SandboxStatus {
+                    id: id.clone(),
+                    name: config.name.clone(),
+                    namespace: config.namespace.clone(),
+                    uid: config.uid.clone(),
+                    attempt: config.attempt,
+                    state: SandboxState::Ready,
+                    created_at: self.inner.clock.now(),
+                    netns_path,
+                    labels: config.labels.clone(),
+                },
+            },
+        );
+        id
+    }
+}
+
 impl Drop for Inner {
     fn drop(&mut self) {
         // Lets the timer task see that the runtime is gone.
@@ -382,27 +425,8 @@ impl ContainerRuntime for SimRuntime {
     }
 
     async fn run_sandbox(&self, config: &SandboxConfig) -> BackendResult<String> {
-        let mut s = self.lock();
-        s.next_id += 1;
-        let id = format!("sb-{}", s.next_id);
-        let netns_path =
-            (!config.host_namespaces.network).then(|| PathBuf::from(format!("/sim/netns/{id}")));
-        s.sandboxes.insert(
-            id.clone(),
-            SandboxRecord {
-                status: SandboxStatus {
-                    id: id.clone(),
-                    name: config.name.clone(),
-                    namespace: config.namespace.clone(),
-                    uid: config.uid.clone(),
-                    attempt: config.attempt,
-                    state: SandboxState::Ready,
-                    created_at: self.inner.clock.now(),
-                    netns_path,
-                    labels: config.labels.clone(),
-                },
-            },
-        );
+        let id = self.make_sandbox(config);
+        self.inner.sandbox_latency.wait().await;
         Ok(id)
     }
 
@@ -453,6 +477,9 @@ impl ContainerRuntime for SimRuntime {
     }
 
     async fn list_sandboxes(&self) -> BackendResult<Vec<SandboxStatus>> {
+        self.inner
+            .list_sandbox_calls
+            .fetch_add(1, Ordering::Relaxed);
         Ok(self
             .lock()
             .sandboxes

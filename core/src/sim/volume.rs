@@ -20,6 +20,10 @@ struct State {
     controller_published: BTreeSet<(String, String)>,
     staged: BTreeMap<String, PathBuf>,
     published: BTreeMap<(String, PathBuf), bool>,
+    /// `node_stage` calls, and those that found the volume already staged.
+    stages: (usize, usize),
+    /// Calls refused for their order: publish before stage, unstage while published.
+    order_violations: usize,
 }
 
 /// A simulated [`VolumePlugin`] with a fixed capacity.
@@ -29,6 +33,7 @@ pub struct SimVolumes {
     node_id: String,
     capacity: u64,
     state: Arc<Mutex<State>>,
+    node_latency: super::Latency,
 }
 
 impl std::fmt::Debug for SimVolumes {
@@ -52,11 +57,35 @@ impl SimVolumes {
             node_id: node_id.to_string(),
             capacity,
             state: Arc::default(),
+            node_latency: super::Latency::default(),
         }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes `node_stage` and `node_publish` slow: each takes effect at once and returns
+    /// `delay` later.
+    pub fn set_node_latency(&self, delay: std::time::Duration) {
+        self.node_latency.set(delay);
+    }
+
+    /// How many times `node_stage` was called.
+    pub fn stage_calls(&self) -> usize {
+        self.lock().stages.0
+    }
+
+    /// How many `node_stage` calls found the volume already staged: harmless (staging is
+    /// idempotent) but a sign that the caller lost count of its stagings.
+    pub fn redundant_stages(&self) -> usize {
+        self.lock().stages.1
+    }
+
+    /// How many calls were refused for breaking the CSI order (publish before stage,
+    /// unstage while still published).
+    pub fn order_violations(&self) -> usize {
+        self.lock().order_violations
     }
 
     /// Target paths where volumes are published now.
@@ -75,6 +104,63 @@ impl SimVolumes {
 
     fn used(s: &State) -> u64 {
         s.volumes.values().map(|v| v.capacity_bytes).sum()
+    }
+}
+
+impl SimVolumes {
+    fn stage_now(&self, request: &NodeStageRequest) -> BackendResult<()> {
+        let mut s = self.lock();
+        s.stages.0 += 1;
+        if s.staged.contains_key(&request.volume_id) {
+            s.stages.1 += 1;
+        }
+        if !Self::volume_exists(&s, &request.volume_id) {
+            return Err(err(
+                ErrorKind::NotFound,
+                "node stage",
+                &request.volume_id,
+                "no such volume",
+            ));
+        }
+        match s.staged.get(&request.volume_id) {
+            Some(p) if *p != request.staging_path => Err(err(
+                ErrorKind::AlreadyExists,
+                "node stage",
+                &request.volume_id,
+                format!("already staged at {}", p.display()),
+            )),
+            _ => {
+                s.staged
+                    .insert(request.volume_id.clone(), request.staging_path.clone());
+                Ok(())
+            }
+        }
+    }
+
+    fn publish_now(&self, request: &NodePublishRequest) -> BackendResult<()> {
+        let mut s = self.lock();
+        if !Self::volume_exists(&s, &request.volume_id) {
+            return Err(err(
+                ErrorKind::NotFound,
+                "node publish",
+                &request.volume_id,
+                "no such volume",
+            ));
+        }
+        if !s.staged.contains_key(&request.volume_id) {
+            s.order_violations += 1;
+            return Err(err(
+                ErrorKind::FailedPrecondition,
+                "node publish",
+                &request.volume_id,
+                "volume is not staged",
+            ));
+        }
+        s.published.insert(
+            (request.volume_id.clone(), request.target_path.clone()),
+            request.readonly,
+        );
+        Ok(())
     }
 }
 
@@ -271,33 +357,15 @@ impl VolumePlugin for SimVolumes {
     }
 
     async fn node_stage(&self, request: &NodeStageRequest) -> BackendResult<()> {
-        let mut s = self.lock();
-        if !Self::volume_exists(&s, &request.volume_id) {
-            return Err(err(
-                ErrorKind::NotFound,
-                "node stage",
-                &request.volume_id,
-                "no such volume",
-            ));
-        }
-        match s.staged.get(&request.volume_id) {
-            Some(p) if *p != request.staging_path => Err(err(
-                ErrorKind::AlreadyExists,
-                "node stage",
-                &request.volume_id,
-                format!("already staged at {}", p.display()),
-            )),
-            _ => {
-                s.staged
-                    .insert(request.volume_id.clone(), request.staging_path.clone());
-                Ok(())
-            }
-        }
+        self.stage_now(request)?;
+        self.node_latency.wait().await;
+        Ok(())
     }
 
     async fn node_unstage(&self, volume_id: &str, _staging_path: &Path) -> BackendResult<()> {
         let mut s = self.lock();
         if s.published.keys().any(|(v, _)| v == volume_id) {
+            s.order_violations += 1;
             return Err(err(
                 ErrorKind::FailedPrecondition,
                 "node unstage",
@@ -310,27 +378,8 @@ impl VolumePlugin for SimVolumes {
     }
 
     async fn node_publish(&self, request: &NodePublishRequest) -> BackendResult<()> {
-        let mut s = self.lock();
-        if !Self::volume_exists(&s, &request.volume_id) {
-            return Err(err(
-                ErrorKind::NotFound,
-                "node publish",
-                &request.volume_id,
-                "no such volume",
-            ));
-        }
-        if !s.staged.contains_key(&request.volume_id) {
-            return Err(err(
-                ErrorKind::FailedPrecondition,
-                "node publish",
-                &request.volume_id,
-                "volume is not staged",
-            ));
-        }
-        s.published.insert(
-            (request.volume_id.clone(), request.target_path.clone()),
-            request.readonly,
-        );
+        self.publish_now(request)?;
+        self.node_latency.wait().await;
         Ok(())
     }
 

@@ -10,12 +10,14 @@ use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodStatus};
 use tokio::time::Instant;
 use wharf_core::backend::runtime::RuntimeEventKind;
 use wharf_core::node::{Backends, NodeAgent, NodeConfig, NodeHandle, PathOnlyVolumes};
-use wharf_core::sim::{SimImage, SimImageService, SimNetwork, SimProber, SimRuntime};
+use wharf_core::sim::{SimImage, SimImageService, SimNetwork, SimProber, SimRuntime, SimVolumes};
 use wharf_core::store::memory::MemoryStore;
 use wharf_core::store::{Api, DeleteOptions, Store};
 use wharf_core::{Clock, Typed};
 
 pub const NODE: &str = "n1";
+/// The CSI driver every harness node runs.
+pub const DRIVER: &str = "sim.csi";
 
 /// What happened to a container, by name, at which virtual second.
 #[derive(Clone, Debug, PartialEq)]
@@ -32,6 +34,7 @@ pub struct Harness {
     pub images: SimImageService,
     pub network: SimNetwork,
     pub prober: SimProber,
+    pub volumes: SimVolumes,
     pub handle: Option<NodeHandle>,
 }
 
@@ -41,7 +44,7 @@ pub fn backends(h: &Harness) -> Backends {
         images: Arc::new(h.images.clone()),
         network: Arc::new(h.network.clone()),
         prober: Arc::new(h.prober.clone()),
-        volume_plugins: vec![],
+        volume_plugins: vec![Arc::new(h.volumes.clone())],
         in_tree_volumes: Some(Arc::new(PathOnlyVolumes)),
     }
 }
@@ -64,6 +67,7 @@ impl Harness {
             images,
             network: SimNetwork::new("10.244.1.0/24").unwrap(),
             prober: SimProber::new(),
+            volumes: SimVolumes::new(DRIVER, NODE, 1 << 40),
             handle: None,
         };
         h.record_events();

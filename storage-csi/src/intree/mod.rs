@@ -63,6 +63,17 @@ impl ObjectLookup for StaticObjects {
     }
 }
 
+/// The objects the node agent read for one refresh round.
+#[async_trait]
+impl ObjectLookup for wharf_core::node::SourceObjects {
+    async fn config_map(&self, namespace: &str, name: &str) -> Result<Option<ConfigMap>, String> {
+        Ok(wharf_core::node::SourceObjects::config_map(self, namespace, name).cloned())
+    }
+    async fn secret(&self, namespace: &str, name: &str) -> Result<Option<Secret>, String> {
+        Ok(wharf_core::node::SourceObjects::secret(self, namespace, name).cloned())
+    }
+}
+
 /// Sets up and tears down in-tree volume sources on this node.
 #[derive(Clone)]
 pub struct LocalVolumes {
@@ -130,11 +141,35 @@ impl LocalVolumes {
             self.make_dir(dir, backing, 0o777)?;
             return Ok(dir.to_path_buf());
         }
-        let (payload, backing) = self.payload(pod, volume).await?;
+        let (payload, backing) = self.payload(pod, volume, self.objects.as_ref()).await?;
         self.make_dir(dir, backing, 0o755)?;
         atomic_writer::write(dir, &payload)
             .map_err(|e| CsiError::io("project volume files", dir, e))?;
         Ok(dir.to_path_buf())
+    }
+
+    /// Brings the files of a set-up configMap, secret, downwardAPI or projected volume up to
+    /// date, atomically, reading its objects from `objects` (what the node agent read once
+    /// for its refresh round, [`wharf_core::node::SourceObjects`]) instead of this instance's
+    /// lookup. Other sources have nothing to refresh.
+    pub async fn refresh(
+        &self,
+        pod: &Pod,
+        volume: &Volume,
+        dir: &Path,
+        objects: &dyn ObjectLookup,
+    ) -> Result<(), CsiError> {
+        let projected = volume.config_map.is_some()
+            || volume.secret.is_some()
+            || volume.downward_api.is_some()
+            || volume.projected.is_some();
+        if !projected {
+            return Ok(());
+        }
+        let (payload, backing) = self.payload(pod, volume, objects).await?;
+        self.make_dir(dir, backing, 0o755)?;
+        atomic_writer::write(dir, &payload)
+            .map_err(|e| CsiError::io("project volume files", dir, e))
     }
 
     /// Removes what `setup` made at `dir`: unmounts a tmpfs, deletes the directory. A
@@ -189,7 +224,12 @@ impl LocalVolumes {
         }
     }
 
-    async fn payload(&self, pod: &Pod, volume: &Volume) -> Result<(Payload, Backing), CsiError> {
+    async fn payload(
+        &self,
+        pod: &Pod,
+        volume: &Volume,
+        objects: &dyn ObjectLookup,
+    ) -> Result<(Payload, Backing), CsiError> {
         let name = volume.name.as_str();
         let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
         let mut out = Payload::new();
@@ -197,7 +237,14 @@ impl LocalVolumes {
         if let Some(src) = &volume.config_map {
             let optional = src.optional.unwrap_or(false);
             if let Some(data) = self
-                .config_map(name, "configMap.name", namespace, &src.name, optional)
+                .config_map(
+                    objects,
+                    name,
+                    "configMap.name",
+                    namespace,
+                    &src.name,
+                    optional,
+                )
                 .await?
             {
                 let object = format!("configmap {namespace}/{}", src.name);
@@ -219,7 +266,14 @@ impl LocalVolumes {
             let optional = src.optional.unwrap_or(false);
             let secret_name = src.secret_name.as_deref().unwrap_or_default();
             if let Some(data) = self
-                .secret(name, "secret.secretName", namespace, secret_name, optional)
+                .secret(
+                    objects,
+                    name,
+                    "secret.secretName",
+                    namespace,
+                    secret_name,
+                    optional,
+                )
                 .await?
             {
                 let object = format!("secret {namespace}/{secret_name}");
@@ -259,7 +313,7 @@ impl LocalVolumes {
                     let optional = cm.optional.unwrap_or(false);
                     let f = format!("{field}.configMap");
                     if let Some(data) = self
-                        .config_map(name, &f, namespace, &cm.name, optional)
+                        .config_map(objects, name, &f, namespace, &cm.name, optional)
                         .await?
                     {
                         let object = format!("configmap {namespace}/{}", cm.name);
@@ -277,7 +331,10 @@ impl LocalVolumes {
                 } else if let Some(s) = &source.secret {
                     let optional = s.optional.unwrap_or(false);
                     let f = format!("{field}.secret");
-                    if let Some(data) = self.secret(name, &f, namespace, &s.name, optional).await? {
+                    if let Some(data) = self
+                        .secret(objects, name, &f, namespace, &s.name, optional)
+                        .await?
+                    {
                         let object = format!("secret {namespace}/{}", s.name);
                         project_keys(
                             name,
@@ -317,26 +374,28 @@ impl LocalVolumes {
 
     async fn config_map(
         &self,
+        objects: &dyn ObjectLookup,
         volume: &str,
         field: &str,
         namespace: &str,
         name: &str,
         optional: bool,
     ) -> Result<Option<BTreeMap<String, Vec<u8>>>, CsiError> {
-        let found = self.objects.config_map(namespace, name).await;
+        let found = objects.config_map(namespace, name).await;
         let data = found.map(|cm| cm.map(|cm| config_map_data(&cm)));
         source_data(volume, field, "configmap", namespace, name, optional, data)
     }
 
     async fn secret(
         &self,
+        objects: &dyn ObjectLookup,
         volume: &str,
         field: &str,
         namespace: &str,
         name: &str,
         optional: bool,
     ) -> Result<Option<BTreeMap<String, Vec<u8>>>, CsiError> {
-        let found = self.objects.secret(namespace, name).await;
+        let found = objects.secret(namespace, name).await;
         let data = found.map(|s| s.map(|s| secret_data(&s)));
         source_data(volume, field, "secret", namespace, name, optional, data)
     }

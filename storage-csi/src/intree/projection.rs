@@ -5,10 +5,9 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use k8s_openapi::api::core::v1::{
-    ConfigMap, DownwardAPIVolumeFile, KeyToPath, Pod, ResourceRequirements, Secret,
-};
+use k8s_openapi::api::core::v1::{ConfigMap, DownwardAPIVolumeFile, KeyToPath, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use wharf_core::node::downward;
 
 use super::atomic_writer::{validate_path, FileProjection, Payload};
 use crate::error::CsiError;
@@ -181,57 +180,20 @@ pub fn project_downward(
     Ok(())
 }
 
-/// `key="value"` lines, sorted by key, as kubelet formats labels and annotations.
-fn format_map(map: Option<&BTreeMap<String, String>>) -> String {
-    map.into_iter()
-        .flatten()
-        .map(|(k, v)| format!("{k}={v:?}"))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// The value of a downward API field path usable in volumes.
+/// The value of a downward API field path usable in volumes (the node agent's one
+/// implementation, [`wharf_core::node::downward`], restricted to volumes).
 pub fn field_value(pod: &Pod, path: &str) -> Result<String, String> {
-    let meta = &pod.metadata;
-    let subscript = |prefix: &str| -> Option<String> {
-        let rest = path
-            .strip_prefix(prefix)?
-            .strip_prefix("['")?
-            .strip_suffix("']")?;
-        Some(rest.to_string())
-    };
-    Ok(match path {
-        "metadata.name" => meta.name.clone().unwrap_or_default(),
-        "metadata.namespace" => meta.namespace.clone().unwrap_or_default(),
-        "metadata.uid" => meta.uid.clone().unwrap_or_default(),
-        "metadata.labels" => format_map(meta.labels.as_ref()),
-        "metadata.annotations" => format_map(meta.annotations.as_ref()),
-        _ => {
-            if let Some(key) = subscript("metadata.labels") {
-                meta.labels
-                    .as_ref()
-                    .and_then(|l| l.get(&key))
-                    .cloned()
-                    .unwrap_or_default()
-            } else if let Some(key) = subscript("metadata.annotations") {
-                meta.annotations
-                    .as_ref()
-                    .and_then(|a| a.get(&key))
-                    .cloned()
-                    .unwrap_or_default()
-            } else {
-                return Err(format!(
-                    "{path:?} is not supported in volumes (metadata.name, metadata.namespace, \
-                     metadata.uid, metadata.labels, metadata.annotations and their ['key'] forms are)"
-                ));
-            }
-        }
-    })
+    downward::field_value(
+        pod,
+        path,
+        downward::Use::Volume,
+        downward::Addresses::default(),
+    )
 }
 
 /// A container resource (`limits.cpu`, `requests.memory`, …) divided by `divisor` (default
 /// 1), rounded up. An unset limit is the node's allocatable; an unset request is the limit
-/// when set, else 0.
+/// when set, else 0. Resolved by [`wharf_core::node::downward::resource_value`].
 pub fn resource_value(
     pod: &Pod,
     container: &str,
@@ -249,39 +211,17 @@ pub fn resource_value(
         .chain(spec.init_containers.iter().flatten())
         .find(|c| c.name == container)
         .ok_or_else(|| format!("no container named {container:?}"))?;
-    let (kind, name) = resource
-        .split_once('.')
-        .ok_or_else(|| format!("resource {resource:?} is not limits.<name> or requests.<name>"))?;
-    let empty = ResourceRequirements::default();
-    let res = c.resources.as_ref().unwrap_or(&empty);
-    let limit = res.limits.as_ref().and_then(|l| l.get(name));
-    let request = res.requests.as_ref().and_then(|r| r.get(name));
-    let quantity = match kind {
-        "limits" => limit.or_else(|| node_allocatable.get(name)).ok_or_else(|| {
-            format!("container {container:?} has no limit for {name} and the node's allocatable is unknown")
-        })?,
-        "requests" => match request.or(limit) {
-            Some(q) => q,
-            None => return Ok("0".into()),
-        },
-        other => return Err(format!("resource kind {other:?} is not limits or requests")),
+    let allocatable = |name: &str| {
+        let q = node_allocatable.get(name)?;
+        wharf_core::quantity::resource_value(name, q).ok()
     };
-    let value = wharf_core::quantity::parse_milli(&quantity.0).map_err(|e| e.to_string())?;
-    let divisor = match divisor {
-        Some(d) => wharf_core::quantity::parse_milli(&d.0).map_err(|e| e.to_string())?,
-        None => 1000,
-    };
-    if divisor <= 0 {
-        return Err("divisor must be positive".into());
-    }
-    let result = (value + divisor - 1).div_euclid(divisor);
-    Ok(result.to_string())
+    downward::resource_value(c, resource, divisor, allocatable)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{Container, PodSpec};
+    use k8s_openapi::api::core::v1::{Container, PodSpec, ResourceRequirements};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     fn pod() -> Pod {

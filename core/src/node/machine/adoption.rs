@@ -12,6 +12,7 @@ impl PodMachine {
         now: Now,
     ) {
         self.sandbox = Stage::Done(sandbox_id);
+        self.adopted = true;
         for c in containers {
             let Some(i) = self.slots.iter().position(|s| s.name == c.name) else {
                 continue;

@@ -141,6 +141,9 @@ pub enum Action {
     TearDown {
         /// The sandbox, if one was made.
         sandbox_id: Option<String>,
+        /// Whether volumes may be set up (by this agent or, for an adopted pod, a previous
+        /// one).
+        volumes: bool,
     },
     /// Delete the pod object (grace 0): its termination is complete.
     DeletePod,
@@ -274,6 +277,8 @@ pub struct PodMachine {
     /// The pod was already terminal when this machine was made (an agent restart): its
     /// status is final and is not rewritten.
     pub frozen: bool,
+    /// The sandbox was adopted from a previous agent (which may have set volumes up).
+    pub adopted: bool,
     /// The final delete of the pod object is under way (sent, its outcome not yet seen).
     delete_sent: bool,
     /// The pod object is already gone from the store: nothing to delete at the end.
@@ -320,6 +325,7 @@ impl PodMachine {
             teardown: Stage::Todo,
             gone: false,
             frozen: false,
+            adopted: false,
             delete_sent: false,
             object_gone: false,
             early_exits: Vec::new(),

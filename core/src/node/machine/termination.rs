@@ -1,7 +1,7 @@
 //! Termination, on deletion or once every app container is done: app containers (and a
 //! running regular init container) stop first, then sidecars one at a time in reverse
-//! order, then the sandbox, network and volumes are torn down, and a deleted pod's object
-//! is finally deleted with grace 0.
+//! order, then the sandbox, network and volumes are torn down (once no setup step is in
+//! flight any more), and a deleted pod's object is finally deleted with grace 0.
 
 use std::time::Duration;
 
@@ -107,11 +107,25 @@ impl PodMachine {
             }
             return;
         }
+        // A setup step still under way makes something (a sandbox, an attachment, a
+        // publication) the teardown must know about: wait for its outcome, or it would be
+        // left behind.
+        let setting_up = [
+            self.sandbox == Stage::InFlight,
+            self.network == Stage::InFlight,
+            self.volumes == Stage::InFlight,
+        ];
+        if setting_up.contains(&true) {
+            return;
+        }
         match self.teardown {
             Stage::Todo => {
                 self.teardown = Stage::InFlight;
                 out.push(Action::TearDown {
                     sandbox_id: self.sandbox.done().cloned(),
+                    // A failed setup cleaned up after itself; an adopted pod's volumes were
+                    // set up by the previous agent.
+                    volumes: self.volumes.done().is_some() || self.adopted,
                 });
             }
             Stage::Done(()) if term.deleting => {
