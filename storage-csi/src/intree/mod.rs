@@ -169,6 +169,7 @@ impl LocalVolumes {
         let (payload, backing) = self.payload(pod, volume, objects).await?;
         self.make_dir(dir, backing, 0o755)?;
         atomic_writer::write(dir, &payload)
+            .map(drop)
             .map_err(|e| CsiError::io("project volume files", dir, e))
     }
 
