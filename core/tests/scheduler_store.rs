@@ -12,8 +12,11 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use tokio_util::sync::CancellationToken;
 use wharf_core::scheduler::{Scheduler, SchedulerConfig};
 use wharf_core::store::memory::MemoryStore;
-use wharf_core::store::{Api, ListOptions};
-use wharf_core::Store;
+use wharf_core::store::{
+    Api, DeleteOptions, Deleted, ListOptions, ObjectList, PodBinding, Result as StoreResult,
+    StoreError, WatchOptions, WatchStream,
+};
+use wharf_core::{Kind, Object, Store};
 
 fn node(name: &str, cpu: &str) -> Node {
     let mut n = Node::default();
@@ -192,4 +195,105 @@ async fn deleted_pods_free_their_room() {
         .unwrap();
     assert_eq!(all.items.len(), 1);
     h.stop.cancel();
+}
+
+/// A MemoryStore whose first `failures` bindings fail with a conflict.
+struct FlakyBind {
+    inner: MemoryStore,
+    failures: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl Store for FlakyBind {
+    async fn create(&self, object: Object) -> StoreResult<Arc<Object>> {
+        self.inner.create(object).await
+    }
+    async fn get(&self, kind: &Kind, ns: Option<&str>, name: &str) -> StoreResult<Arc<Object>> {
+        self.inner.get(kind, ns, name).await
+    }
+    async fn list(&self, kind: &Kind, options: &ListOptions) -> StoreResult<ObjectList> {
+        self.inner.list(kind, options).await
+    }
+    async fn update(&self, object: Object) -> StoreResult<Arc<Object>> {
+        self.inner.update(object).await
+    }
+    async fn update_status(&self, object: Object) -> StoreResult<Arc<Object>> {
+        self.inner.update_status(object).await
+    }
+    async fn delete(
+        &self,
+        kind: &Kind,
+        ns: Option<&str>,
+        name: &str,
+        options: &DeleteOptions,
+    ) -> StoreResult<Deleted> {
+        self.inner.delete(kind, ns, name, options).await
+    }
+    async fn watch(&self, kind: &Kind, options: &WatchOptions) -> StoreResult<WatchStream> {
+        self.inner.watch(kind, options).await
+    }
+    async fn current_resource_version(&self) -> StoreResult<u64> {
+        self.inner.current_resource_version().await
+    }
+    async fn bind(&self, binding: &PodBinding) -> StoreResult<Arc<Object>> {
+        use std::sync::atomic::Ordering;
+        let left = self.failures.load(Ordering::SeqCst);
+        if left > 0 {
+            self.failures.store(left - 1, Ordering::SeqCst);
+            return Err(StoreError::Conflict {
+                kind: "Pod".into(),
+                namespace: Some(binding.namespace.clone()),
+                name: binding.name.clone(),
+                expected: "1".into(),
+                actual: "2".into(),
+            });
+        }
+        self.inner.bind(binding).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_binding_is_forgotten_and_retried_after_backoff() {
+    let store = Arc::new(FlakyBind {
+        inner: MemoryStore::new(),
+        failures: 2.into(),
+    });
+    let store_dyn: Arc<dyn Store> = store.clone();
+    let scheduler = Scheduler::new(store_dyn.clone(), SchedulerConfig::default());
+    let metrics = scheduler.metrics();
+    let stop = CancellationToken::new();
+    tokio::spawn(scheduler.run(stop.clone().cancelled_owned()));
+    let nodes: Api<Node> = Api::all(store_dyn.clone());
+    let pods: Api<Pod> = Api::namespaced(store_dyn, "default");
+    // One node with room for exactly one such pod: a binding that failed must not keep
+    // its room assumed, or the retry would find the node full.
+    nodes.create(node("n1", "1")).await.unwrap();
+    pods.create(pod("p", "1")).await.unwrap();
+    settle().await;
+    let bound = |p: &Pod| p.spec.as_ref().and_then(|s| s.node_name.clone());
+    assert_eq!(bound(&pods.get("p").await.unwrap()), None);
+    assert_eq!(
+        metrics
+            .bind_errors
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    // Backoff 1 s after the first failure, 2 s after the second.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    settle().await;
+    assert_eq!(
+        metrics
+            .bind_errors
+            .load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
+    assert_eq!(bound(&pods.get("p").await.unwrap()), None);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    settle().await;
+    assert_eq!(bound(&pods.get("p").await.unwrap()).as_deref(), Some("n1"));
+    assert_eq!(
+        metrics.scheduled.load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    stop.cancel();
 }

@@ -80,6 +80,12 @@ impl ClusterCache {
         }
     }
 
+    /// The pod as accounted on its node.
+    pub fn placed_info(&self, uid: &str) -> Option<&Arc<PodInfo>> {
+        let node = self.nodes.get(*self.index.get(self.placed.get(uid)?)?)?;
+        node.pods.iter().find(|p| p.object.uid() == uid)
+    }
+
     /// The node a pod is accounted on.
     pub fn placed_on(&self, uid: &str) -> Option<&str> {
         self.placed.get(uid).map(String::as_str)
@@ -98,6 +104,20 @@ impl ClusterCache {
         self.nodes[i].add_pod(pod);
         self.placed.insert(uid, node_name.to_string());
         true
+    }
+
+    /// Removes the placement `pod` made, if it is still the pod's accounting (no newer version
+    /// of the pod has been placed, and it was not removed since); returns whether it was.
+    pub fn forget_assumed(&mut self, pod: &Arc<PodInfo>) -> bool {
+        let uid = pod.object.uid();
+        let Some(&i) = self.placed.get(uid).and_then(|node| self.index.get(node)) else {
+            return false;
+        };
+        let same = self.nodes[i].pods.iter().any(|p| Arc::ptr_eq(p, pod));
+        if same {
+            self.unplace(uid);
+        }
+        same
     }
 
     /// Removes a pod from its node's accounting.

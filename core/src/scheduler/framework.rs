@@ -161,6 +161,26 @@ impl PodInfo {
         }
     }
 
+    /// The scheduler's view of a newer version of the same pod: what was computed from the
+    /// old version is kept when the fields it came from are unchanged (the common case: the
+    /// watch confirms a binding), and computed again otherwise.
+    pub fn refreshed(&self, object: Arc<Object>) -> PodInfo {
+        let unchanged = match (self.object.as_kind::<Pod>(), object.as_kind::<Pod>()) {
+            (Some(old), Some(new)) => same_scheduling_inputs(old, new),
+            _ => false,
+        };
+        if !unchanged {
+            return PodInfo::new(object);
+        }
+        PodInfo {
+            object,
+            requests: self.requests.clone(),
+            non_zero: self.non_zero,
+            host_ports: self.host_ports.clone(),
+            has_pod_affinity: self.has_pod_affinity,
+        }
+    }
+
     /// The pod.
     pub fn pod(&self) -> &Pod {
         self.object.as_kind::<Pod>().expect("PodInfo holds a Pod")
@@ -184,6 +204,34 @@ impl PodInfo {
     pub fn labels(&self) -> Option<&BTreeMap<String, String>> {
         self.object.meta().labels.as_ref()
     }
+}
+
+/// Whether two versions of a pod ask for the same resources, host ports and pod affinity.
+fn same_scheduling_inputs(old: &Pod, new: &Pod) -> bool {
+    let (Some(a), Some(b)) = (old.spec.as_ref(), new.spec.as_ref()) else {
+        return old.spec.is_none() && new.spec.is_none();
+    };
+    let same_containers = |x: &[k8s_openapi::api::core::v1::Container],
+                           y: &[k8s_openapi::api::core::v1::Container]| {
+        x.len() == y.len()
+            && x.iter().zip(y).all(|(x, y)| {
+                x.resources == y.resources
+                    && x.ports == y.ports
+                    && x.restart_policy == y.restart_policy
+            })
+    };
+    let affinity = |s: &PodSpec| {
+        s.affinity
+            .as_ref()
+            .map(|a| (a.pod_affinity.is_some(), a.pod_anti_affinity.is_some()))
+    };
+    same_containers(&a.containers, &b.containers)
+        && same_containers(
+            a.init_containers.as_deref().unwrap_or_default(),
+            b.init_containers.as_deref().unwrap_or_default(),
+        )
+        && a.overhead == b.overhead
+        && affinity(a) == affinity(b)
 }
 
 fn container_requests(c: &k8s_openapi::api::core::v1::Container) -> (ResourceAmounts, (i64, i64)) {

@@ -7,7 +7,10 @@
 //!   kube-scheduler's message (`0/3 nodes are available: …`), and is retried when the
 //!   cluster changes (node added or changed, pod removed), after a backoff of 1 s doubling
 //!   to 10 s, and at the latest after 5 minutes.
-//! - A bound pod is accounted on its node at once ("assumed"), before the store confirms it.
+//! - A bound pod is accounted on its node at once ("assumed") and its binding is written in
+//!   a task of its own while the next pod is scheduled, as kube-scheduler's binding cycle
+//!   runs beside its scheduling cycle; a binding that fails is forgotten (the pod leaves its
+//!   node's accounting) and the pod is retried after backoff.
 //!
 //! Filters and scores are plugins ([`framework::FilterPlugin`], [`framework::ScorePlugin`]);
 //! [`algorithm::Profile::default`] has kube-scheduler's defaults. Not implemented:
@@ -26,6 +29,7 @@ use std::sync::Arc;
 
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{Pod, PodCondition, PodStatus};
+use tokio::sync::mpsc;
 use tokio::time::{Duration, Instant};
 
 use crate::clock::Clock;
@@ -82,6 +86,16 @@ pub struct Scheduler {
     queue: SchedulingQueue,
     clock: Clock,
     metrics: Arc<SchedulerMetrics>,
+    /// Bindings that failed, reported by their tasks.
+    failed_binds: mpsc::UnboundedReceiver<FailedBind>,
+    failed_binds_tx: mpsc::UnboundedSender<FailedBind>,
+}
+
+/// A binding the store refused, handed back to the scheduling loop.
+struct FailedBind {
+    key: String,
+    info: Arc<PodInfo>,
+    error: StoreError,
 }
 
 fn pod_key(object: &Object) -> String {
@@ -115,6 +129,7 @@ impl Scheduler {
         config: SchedulerConfig,
         profile: Profile,
     ) -> Scheduler {
+        let (failed_binds_tx, failed_binds) = mpsc::unbounded_channel();
         Scheduler {
             store,
             algorithm: Algorithm::new(profile, config.percentage_of_nodes_to_score),
@@ -123,6 +138,8 @@ impl Scheduler {
             cache: ClusterCache::default(),
             clock: Clock::new(),
             metrics: Arc::default(),
+            failed_binds,
+            failed_binds_tx,
         }
     }
 
@@ -158,6 +175,10 @@ impl Scheduler {
                 let first = tokio::select! {
                     biased;
                     _ = &mut shutdown => return Ok(()),
+                    Some(failed) = self.failed_binds.recv() => {
+                        self.on_failed_bind(failed);
+                        None
+                    }
                     ev = nodes.next() => Some((true, ev)),
                     ev = pods.next() => Some((false, ev)),
                     _ = tokio::time::sleep_until(wake) => None,
@@ -182,6 +203,9 @@ impl Scheduler {
                     if pending.is_empty() {
                         break;
                     }
+                }
+                while let Ok(failed) = self.failed_binds.try_recv() {
+                    self.on_failed_bind(failed);
                 }
                 self.queue.flush_unschedulable(Instant::now());
                 self.schedule_ready().await;
@@ -234,8 +258,13 @@ impl Scheduler {
         }
         if !node_name.is_empty() {
             self.queue.remove(&key);
-            let node_name = node_name.to_string();
-            self.cache.place(Arc::new(PodInfo::new(object)), &node_name);
+            // Usually the confirmation of a binding this scheduler assumed: keep what was
+            // computed for it.
+            let info = match self.cache.placed_info(object.uid()) {
+                Some(placed) => placed.refreshed(object.clone()),
+                None => PodInfo::new(object.clone()),
+            };
+            self.cache.place(Arc::new(info), node_name);
             return;
         }
         let spec = pod.spec.as_ref();
@@ -268,7 +297,7 @@ impl Scheduler {
         }
     }
 
-    /// One scheduling cycle and its binding.
+    /// One scheduling cycle; the binding is written by a task of its own.
     async fn schedule_one(&mut self, key: String, info: Arc<PodInfo>) {
         let decision = self.algorithm.schedule(&info, &self.cache.snapshot());
         match decision {
@@ -276,22 +305,7 @@ impl Scheduler {
                 let node_name = self.cache.node_at(idx).name.clone();
                 self.queue.remove(&key);
                 self.cache.place(info.clone(), &node_name);
-                if let Err(e) = self.bind(&info.object, &node_name).await {
-                    self.metrics.bind_errors.fetch_add(1, Ordering::Relaxed);
-                    self.cache.unplace(info.object.uid());
-                    match e {
-                        // Gone, or refused for good (already bound elsewhere, being
-                        // deleted): its watch event settles it, a retry cannot.
-                        StoreError::NotFound { .. } | StoreError::Invalid { .. } => {}
-                        e => {
-                            tracing::debug!(pod = %key, error = %e, "binding failed; retrying");
-                            self.queue.add_or_update(key.clone(), info);
-                            self.queue.requeue(&key, Instant::now());
-                        }
-                    }
-                } else {
-                    self.metrics.scheduled.fetch_add(1, Ordering::Relaxed);
-                }
+                self.spawn_bind(key, info, node_name);
             }
             Err(fit) => {
                 self.metrics.unschedulable.fetch_add(1, Ordering::Relaxed);
@@ -303,10 +317,44 @@ impl Scheduler {
         }
     }
 
-    /// Binds through the store's `bind` (spec.nodeName and PodScheduled=True in one write).
-    async fn bind(&self, object: &Arc<Object>, node_name: &str) -> Result<(), StoreError> {
-        let binding = PodBinding::of(object, node_name, self.clock.now_k8s());
-        self.store.bind(&binding).await.map(|_| ())
+    /// Writes the binding through the store's `bind` (spec.nodeName and PodScheduled=True in
+    /// one write) beside the next scheduling cycles; a failure comes back to the loop.
+    fn spawn_bind(&self, key: String, info: Arc<PodInfo>, node_name: String) {
+        let store = self.store.clone();
+        let metrics = self.metrics.clone();
+        let failed = self.failed_binds_tx.clone();
+        let binding = PodBinding::of(&info.object, &node_name, self.clock.now_k8s());
+        tokio::spawn(async move {
+            match store.bind(&binding).await {
+                Ok(_) => {
+                    metrics.scheduled.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(error) => {
+                    metrics.bind_errors.fetch_add(1, Ordering::Relaxed);
+                    // The receiver is gone only when the scheduler stopped.
+                    let _ = failed.send(FailedBind { key, info, error });
+                }
+            }
+        });
+    }
+
+    /// Forgets the assumed placement of a pod whose binding failed and, unless the store
+    /// refused it for good, queues it again after backoff.
+    fn on_failed_bind(&mut self, FailedBind { key, info, error }: FailedBind) {
+        // A watch event since (bound by someone else, deleted) has settled the pod already.
+        if !self.cache.forget_assumed(&info) {
+            return;
+        }
+        match error {
+            // Gone, or refused for good (already bound elsewhere, being deleted): its watch
+            // event settles it, a retry cannot.
+            StoreError::NotFound { .. } | StoreError::Invalid { .. } => {}
+            e => {
+                tracing::debug!(pod = %key, error = %e, "binding failed; retrying");
+                self.queue.add_or_update(key.clone(), info);
+                self.queue.requeue(&key, Instant::now());
+            }
+        }
     }
 
     async fn report_unschedulable(

@@ -319,3 +319,102 @@ fn replacing_a_placed_pod_does_not_double_count() {
     assert_eq!(cache.snapshot().pods_with_affinity, 0);
     assert_eq!(cache.node("a").unwrap().requested.milli_cpu, 0);
 }
+
+#[test]
+fn node_trait_counts_follow_node_updates_and_removals() {
+    use super::framework::NodeTraits;
+    fn tainted(name: &str, effect: &str) -> Node {
+        let mut n = node(name, "4", "8Gi", &[]);
+        n.spec.as_mut().unwrap().taints = Some(vec![Taint {
+            key: "dedicated".into(),
+            value: Some("gpu".into()),
+            effect: effect.into(),
+            ..Default::default()
+        }]);
+        n
+    }
+    let traits = |cache: &ClusterCache| cache.snapshot().node_traits;
+    let counts = |unschedulable, hard_taints, soft_taints| NodeTraits {
+        unschedulable,
+        hard_taints,
+        soft_taints,
+    };
+    let mut cache = ClusterCache::default();
+    let upsert = |cache: &mut ClusterCache, n: Node| cache.upsert_node(Arc::new(Object::from(n)));
+
+    upsert(&mut cache, node("plain", "4", "8Gi", &[]));
+    upsert(&mut cache, tainted("hard", "NoExecute"));
+    upsert(&mut cache, tainted("soft", "PreferNoSchedule"));
+    let mut cordoned = node("cordoned", "4", "8Gi", &[]);
+    cordoned.spec.as_mut().unwrap().unschedulable = Some(true);
+    upsert(&mut cache, cordoned.clone());
+    assert_eq!(traits(&cache), counts(1, 1, 1));
+
+    // An update replaces the node's traits: soft → hard, cordoned → uncordoned.
+    upsert(&mut cache, tainted("soft", "NoSchedule"));
+    cordoned.spec.as_mut().unwrap().unschedulable = Some(false);
+    upsert(&mut cache, cordoned);
+    assert_eq!(traits(&cache), counts(0, 2, 0));
+    // The same node again changes nothing.
+    upsert(&mut cache, tainted("hard", "NoExecute"));
+    assert_eq!(traits(&cache), counts(0, 2, 0));
+
+    // Removal takes its traits away, also when another node moves into its slot.
+    cache.remove_node("hard");
+    assert_eq!(traits(&cache), counts(0, 1, 0));
+    cache.remove_node("plain");
+    cache.remove_node("soft");
+    cache.remove_node("missing");
+    assert_eq!(traits(&cache), counts(0, 0, 0));
+    assert_eq!(cache.node_count(), 1);
+}
+
+#[test]
+fn a_failed_binding_forgets_only_its_own_assumption() {
+    let mut cache = ClusterCache::default();
+    cache.upsert_node(Arc::new(Object::from(node("a", "4", "8Gi", &[]))));
+    cache.upsert_node(Arc::new(Object::from(node("b", "4", "8Gi", &[]))));
+    let assumed = info(pod("p", "1", &[]));
+    cache.place(assumed.clone(), "a");
+    assert!(cache.forget_assumed(&assumed));
+    assert_eq!(cache.placed_on("uid-p"), None);
+    assert_eq!(cache.node("a").unwrap().requested.milli_cpu, 0);
+
+    // The watch showed the pod bound elsewhere before the failure came back: that stays.
+    cache.place(assumed.clone(), "a");
+    cache.place(info(pod("p", "1", &[])), "b");
+    assert!(!cache.forget_assumed(&assumed));
+    assert_eq!(cache.placed_on("uid-p"), Some("b"));
+    assert_eq!(cache.node("b").unwrap().requested.milli_cpu, 1000);
+
+    // Deleted in between: nothing to forget.
+    cache.unplace("uid-p");
+    assert!(!cache.forget_assumed(&assumed));
+}
+
+#[test]
+fn a_newer_version_keeps_or_recomputes_what_the_scheduler_derived() {
+    let old = info(pod("p", "1", &[("app", "x")]));
+    // Labels and node name changed (the binding confirmed): requests are kept.
+    let mut bound = pod("p", "1", &[("app", "y")]);
+    bound.spec.as_mut().unwrap().node_name = Some("a".into());
+    let kept = old.refreshed(Arc::new(bound.into_object()));
+    assert_eq!(kept.requests, old.requests);
+    assert_eq!(kept.labels().unwrap()["app"], "y");
+    // Resources resized: computed again.
+    let resized = old.refreshed(Arc::new(pod("p", "2", &[]).into_object()));
+    assert_eq!(resized.requests.milli_cpu, 2000);
+    // A host port added: computed again.
+    let mut with_port = pod("p", "1", &[]);
+    with_port.spec.as_mut().unwrap().containers[0].ports = Some(vec![ContainerPort {
+        container_port: 80,
+        host_port: Some(8080),
+        ..Default::default()
+    }]);
+    assert_eq!(
+        old.refreshed(Arc::new(with_port.into_object()))
+            .host_ports
+            .len(),
+        1
+    );
+}
