@@ -406,29 +406,22 @@ impl ImageStore {
         diff_id: &Digest,
         input: impl Read,
     ) -> Result<()> {
-        let mut ingest = self.blobs.ingest()?;
-        let mut tee = Tee {
+        let tee = Tee {
             input,
-            copy: &mut ingest,
+            copy: self.blobs.ingest()?,
         };
-        match self.snapshots.ensure_from(&mut tee, &layer.digest, diff_id) {
-            Ok(stats) => {
-                ingest.commit(Some(&layer.digest), Some(layer.size))?;
-                self.record_snapshot(diff_id, stats);
-                Ok(())
-            }
-            Err(unpack_err) => {
-                // A corrupt blob usually breaks the decompressor before its digest can be
-                // checked: read the rest, and name the mismatch when there is one.
-                let _ = io::copy(&mut tee, &mut io::sink());
-                match ingest.commit(Some(&layer.digest), Some(layer.size)) {
-                    Err(
-                        e @ (ImageError::DigestMismatch { .. } | ImageError::SizeMismatch { .. }),
-                    ) => Err(e),
-                    _ => Err(unpack_err),
-                }
-            }
-        }
+        // The blob writer hashes the compressed stream (once); the snapshot is renamed
+        // into place only after the blob's digest and size checked out.
+        let (stats, _) = self
+            .snapshots
+            .ensure_from(tee, &layer.digest, diff_id, |mut tee| {
+                io::copy(&mut tee, &mut io::sink()).map_err(|e| {
+                    ImageError::io("read layer for", self.snapshots.path(diff_id), e)
+                })?;
+                tee.copy.commit(Some(&layer.digest), Some(layer.size))
+            })?;
+        self.record_snapshot(diff_id, stats);
+        Ok(())
     }
 
     fn record_snapshot(&self, diff_id: &Digest, stats: Option<crate::unpack::UnpackStats>) {
@@ -704,12 +697,12 @@ impl ImageStore {
 }
 
 /// A reader that writes what it reads into `copy`.
-struct Tee<'a, R, W> {
+struct Tee<R, W> {
     input: R,
-    copy: &'a mut W,
+    copy: W,
 }
 
-impl<R: Read, W: io::Write> Read for Tee<'_, R, W> {
+impl<R: Read, W: io::Write> Read for Tee<R, W> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.input.read(buf)?;
         self.copy.write_all(&buf[..n])?;

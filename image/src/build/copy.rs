@@ -366,7 +366,7 @@ fn extract_into(
 /// `rel` inside `root` with every symlink on the way (the last one too) resolved as if
 /// `root` were `/`: what a process chrooted there would open. Absolute links restart at
 /// `root`, `..` never climbs above it.
-pub(super) fn resolve_in_root(root: &Path, rel: &Path) -> std::io::Result<PathBuf> {
+fn resolve_in_root(root: &Path, rel: &Path) -> std::io::Result<PathBuf> {
     use std::path::Component;
     let mut pending: Vec<std::ffi::OsString> = rel
         .components()

@@ -453,11 +453,31 @@ impl Builder<'_> {
         st: &State,
         write: impl FnOnce(&mut dyn Write) -> std::result::Result<(), ImageError>,
     ) -> Result<CacheEntry> {
+        self.store_layer_with(st, None, write)
+    }
+
+    /// [`Self::store_layer`] for a tar whose diff id the caller already computed (it is
+    /// not hashed again).
+    fn store_layer_with(
+        &mut self,
+        st: &State,
+        known_diff_id: Option<Digest>,
+        write: impl FnOnce(&mut dyn Write) -> std::result::Result<(), ImageError>,
+    ) -> Result<CacheEntry> {
         let ingest = self.store.blobs().ingest()?;
-        let gz = flate2::write::GzEncoder::new(ingest, flate2::Compression::fast());
-        let mut tar = crate::digest::HashingWriter::new(gz);
-        write(&mut tar)?;
-        let (gz, diff_id, _) = tar.finish();
+        let mut gz = flate2::write::GzEncoder::new(ingest, flate2::Compression::fast());
+        let (gz, diff_id) = match known_diff_id {
+            Some(diff_id) => {
+                write(&mut gz)?;
+                (gz, diff_id)
+            }
+            None => {
+                let mut tar = crate::digest::HashingWriter::new(gz);
+                write(&mut tar)?;
+                let (gz, diff_id, _) = tar.finish();
+                (gz, diff_id)
+            }
+        };
         let ingest = gz
             .finish()
             .map_err(|e| ImageError::io("compress layer into", self.store.root(), e))?;
@@ -496,7 +516,7 @@ impl Builder<'_> {
             self.cached += 1;
             return Ok(hit);
         }
-        self.store_layer(st, |w| {
+        self.store_layer_with(st, Some(diff_id), |w| {
             w.write_all(&tar)
                 .map_err(|e| step.err(format!("write the layer: {e}")))
         })
@@ -763,34 +783,16 @@ fn clean_abs(p: &Path) -> PathBuf {
     out
 }
 
-/// RFC 3339 UTC timestamp of now (days-from-civil arithmetic; no calendar crate needed).
+/// RFC 3339 UTC timestamp of now, to the second.
 fn rfc3339_now() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs()) as i64;
-    rfc3339(secs)
+    rfc3339(jiff::Timestamp::now().as_second())
 }
 
+/// RFC 3339 UTC timestamp of `secs` since the epoch (`1970-01-01T00:00:00Z`).
 fn rfc3339(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    jiff::Timestamp::from_second(secs)
+        .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+        .to_string()
 }
 
 #[cfg(test)]

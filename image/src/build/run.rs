@@ -130,8 +130,10 @@ fn run_in<W: std::io::Write>(
         "redirect_dir=off,metacopy=off,index=off",
     )
     .map_err(|e| failed("mount the root filesystem", &e))?;
-    let ran = super::copy::resolve_in_root(&merged, Path::new(&cmd.working_dir))
-        .and_then(|p| fs::create_dir_all(&p))
+    // Created inside the merged root (symlinks resolved as the container would).
+    let ran = crate::unpack::rootfd::Root::open(&merged)
+        .and_then(|root| root.dir_create(Path::new(&cmd.working_dir)))
+        .map(drop)
         .map_err(|e| failed(&format!("create working directory {}", cmd.working_dir), &e))
         .and_then(|()| {
             runner

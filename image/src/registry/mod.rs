@@ -5,5 +5,5 @@ mod client;
 mod pull;
 
 pub use auth::{default_docker_config, load_docker_config, Challenge, RegistryAuth};
-pub use client::{RegistryClient, RegistryConfig, MAX_MANIFEST_BYTES};
+pub use client::{RegistryClient, RegistryConfig, RetryPolicy, MAX_MANIFEST_BYTES};
 pub use pull::{pull, PullOptions};

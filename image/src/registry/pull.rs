@@ -5,12 +5,12 @@
 
 use std::sync::Arc;
 
-use futures::stream::{self, StreamExt, TryStreamExt};
+use futures::stream::{self, StreamExt};
 use tokio::sync::mpsc::UnboundedSender;
 use wharf_core::backend::image::PullEvent;
 
 use super::auth::RegistryAuth;
-use super::client::RegistryClient;
+use super::client::{resume_skip, transient_error, RegistryClient};
 use crate::digest::Digest;
 use crate::error::{ImageError, Result};
 use crate::reference::Reference;
@@ -166,11 +166,28 @@ async fn fetch_and_commit(
         .cloned()
         .zip(config.rootfs.diff_ids.iter().cloned());
     let parallel = client.config().max_concurrent_downloads.max(1);
-    stream::iter(jobs)
-        .map(|(layer, diff_id)| layer_job(store, client, r, layer, diff_id, opts))
+    // After a failure no new layer starts, but the ones under way run to their end: a
+    // cancelled download would leave its writer thread still cleaning up (an ingest file,
+    // a half snapshot) when the failed pull garbage-collects and returns.
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let results: Vec<Result<()>> = stream::iter(jobs)
+        .map(|(layer, diff_id)| {
+            let failed = &failed;
+            async move {
+                if failed.load(std::sync::atomic::Ordering::Relaxed) {
+                    return Ok(());
+                }
+                let r = layer_job(store, client, r, layer, diff_id, opts).await;
+                if r.is_err() {
+                    failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                r
+            }
+        })
         .buffer_unordered(parallel)
-        .try_collect::<Vec<()>>()
-        .await?;
+        .collect()
+        .await;
+    results.into_iter().collect::<Result<Vec<()>>>()?;
 
     let mbytes = manifest_bytes.to_vec();
     let tags: Vec<Reference> = r
@@ -249,7 +266,8 @@ async fn layer_job(
 
 /// Streams one blob: the network is read here, `consume` reads the bytes on a blocking
 /// thread (it stores the blob, checking digest and size before naming it, and may unpack
-/// it on the way).
+/// it on the way). A body that breaks off is resumed from the bytes received (see
+/// [`super::RetryPolicy`]); the digest check covers the joined stream.
 async fn download(
     client: &RegistryClient,
     r: &Reference,
@@ -267,12 +285,25 @@ async fn download(
         })
     });
     let op = format!("GET blob {}@{}", r.name(), desc.digest);
+    let policy = client.config().retry.clone();
+    let mut resumes = 0u32;
+    // Leading bytes of the current response that were already received (a resumption
+    // the registry answered with the whole blob).
+    let mut skip = 0u64;
     let mut got = 0u64;
     let mut reported = 0u64;
     let mut net_err = None;
     loop {
-        match resp.chunk().await {
-            Ok(Some(chunk)) => {
+        let broke = match resp.chunk().await {
+            Ok(Some(mut chunk)) => {
+                if skip > 0 {
+                    let k = skip.min(chunk.len() as u64);
+                    skip -= k;
+                    chunk = chunk.slice(k as usize..);
+                    if chunk.is_empty() {
+                        continue;
+                    }
+                }
                 got += chunk.len() as u64;
                 if got > desc.size {
                     net_err = Some(ImageError::SizeMismatch {
@@ -296,13 +327,51 @@ async fn download(
                         },
                     );
                 }
+                continue;
             }
+            // The body ended short of the announced size without an error (a chunked
+            // answer cut off): resumable like a broken connection.
+            Ok(None) if got < desc.size && skip == 0 => "the body ended early".to_string(),
             Ok(None) => break,
+            Err(e) if transient_error(&e) => e.to_string(),
             Err(e) => {
                 net_err = Some(ImageError::Registry {
                     registry: r.registry().to_string(),
                     op: op.clone(),
                     reason: e.to_string(),
+                });
+                break;
+            }
+        };
+        resumes += 1;
+        if resumes >= policy.attempts {
+            net_err = Some(ImageError::Registry {
+                registry: r.registry().to_string(),
+                op: op.clone(),
+                reason: format!("{broke} (resumed {} times)", resumes - 1),
+            });
+            break;
+        }
+        let delay = policy.delay(resumes, None);
+        tracing::debug!(%op, error = %broke, offset = got, ?delay, "blob download broke off, resuming");
+        tokio::time::sleep(delay).await;
+        let next = match client.fetch_blob_from(r, &desc.digest, creds, got).await {
+            Ok(next) => next,
+            Err(e) => {
+                net_err = Some(e);
+                break;
+            }
+        };
+        match resume_skip(next.status(), next.headers(), got) {
+            Some(s) => {
+                skip = s;
+                resp = next;
+            }
+            None => {
+                net_err = Some(ImageError::Registry {
+                    registry: r.registry().to_string(),
+                    op: op.clone(),
+                    reason: format!("resuming at byte {got}: the registry answered another range"),
                 });
                 break;
             }
