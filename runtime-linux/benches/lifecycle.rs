@@ -78,7 +78,10 @@ fn main() {
     common::busybox_rootfs(&rootfs);
     let bundle = work.path().join("bundle");
     common::write_bundle(&bundle, &common::spec(&rootfs, &["/bin/true"]));
-    let wharf_runc: PathBuf = env!("CARGO_BIN_EXE_wharf-runc").into();
+    // WHARF_BENCH_RUNC: another build's binary (to compare two builds side by side).
+    let wharf_runc: PathBuf = std::env::var_os("WHARF_BENCH_RUNC")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_wharf-runc").into());
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
