@@ -5,11 +5,23 @@
 //! one percent per 125 nodes, at least 5 %, at least 100 nodes), and each search starts where
 //! the previous one stopped so that every node gets its turn. Buffers are reused from pod to
 //! pod: scheduling a pod allocates nothing per node.
+//!
+//! Evaluation is parallel when it pays: with a thread pool ([`Algorithm::with_parallelism`]),
+//! a cycle whose per-node work is expected to take longer than [`PARALLEL_MIN_CYCLE`] (the
+//! expected time comes from the cost per node measured in earlier cycles) filters its nodes in
+//! rounds split across the pool and scores the feasible ones in parallel. The outcome is the
+//! sequential one: results are folded in node order, so the same nodes are found, counted
+//! (for the unschedulable message) and chosen. Cheap cycles (the common pod: one resource
+//! filter and two resource scores) stay on the calling thread, where a fork and join would
+//! cost more than it saves.
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use rayon::prelude::*;
 
 use super::framework::{
-    CycleState, FilterPlugin, PodInfo, Prepared, Reason, ScorePlugin, Snapshot,
+    CycleState, FilterPlugin, NodeInfo, PodInfo, Prepared, Reason, ScorePlugin, Snapshot,
 };
 use super::plugins;
 
@@ -91,6 +103,9 @@ pub fn num_feasible_nodes_to_find(num_nodes: usize, percentage: Option<u32>) -> 
     ((num_nodes as i64 * pct / 100) as usize).max(MIN_FEASIBLE)
 }
 
+/// Expected per-node work of a cycle above which it is spread over the thread pool.
+pub const PARALLEL_MIN_CYCLE: Duration = Duration::from_micros(200);
+
 /// The filter-score-select loop with its reusable buffers.
 pub struct Algorithm {
     profile: Profile,
@@ -101,6 +116,13 @@ pub struct Algorithm {
     totals: Vec<i64>,
     scratch: Vec<i64>,
     active_filters: Vec<usize>,
+    pool: Option<rayon::ThreadPool>,
+    /// Measured cost of filtering and scoring one node, in nanoseconds (moving average).
+    node_cost_ns: f64,
+    /// Expected cycle time above which the pool is used.
+    parallel_threshold: Duration,
+    /// Per-node filter outcomes of a parallel round, in node order.
+    round: Vec<Result<(), Reason>>,
 }
 
 impl Algorithm {
@@ -115,7 +137,55 @@ impl Algorithm {
             totals: Vec::new(),
             scratch: Vec::new(),
             active_filters: Vec::new(),
+            pool: None,
+            node_cost_ns: 0.0,
+            parallel_threshold: PARALLEL_MIN_CYCLE,
+            round: Vec::new(),
         }
+    }
+
+    /// Evaluates large cycles on a pool of `threads` threads (kube-scheduler's
+    /// `parallelism`, 16 by default there); 1 or 0 keeps every cycle on the calling thread.
+    pub fn with_parallelism(mut self, threads: usize) -> Algorithm {
+        self.pool = (threads > 1)
+            .then(|| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .thread_name(|i| format!("wharf-sched-{i}"))
+                    .build()
+                    .map_err(|e| tracing::warn!(error = %e, "no scheduler thread pool; evaluating sequentially"))
+                    .ok()
+            })
+            .flatten();
+        self
+    }
+
+    /// Uses the pool for cycles expected to take at least `threshold` (default
+    /// [`PARALLEL_MIN_CYCLE`]; zero: every cycle).
+    pub fn with_parallel_threshold(mut self, threshold: Duration) -> Algorithm {
+        self.parallel_threshold = threshold;
+        self
+    }
+
+    /// Whether this cycle is expected to be long enough to be worth the pool.
+    fn parallel_pool(&self, nodes: usize) -> Option<&rayon::ThreadPool> {
+        let expected = self.node_cost_ns * nodes as f64;
+        self.pool
+            .as_ref()
+            .filter(|_| expected >= self.parallel_threshold.as_nanos() as f64)
+    }
+
+    /// Folds the time a cycle took for `nodes` nodes into the per-node cost.
+    fn record_cost(&mut self, started: Instant, nodes: usize) {
+        if nodes == 0 {
+            return;
+        }
+        let per_node = started.elapsed().as_nanos() as f64 / nodes as f64;
+        self.node_cost_ns = if self.node_cost_ns == 0.0 {
+            per_node
+        } else {
+            0.9 * self.node_cost_ns + 0.1 * per_node
+        };
     }
 
     fn next_random(&mut self) -> u64 {
@@ -124,6 +194,93 @@ impl Algorithm {
         self.rng ^= self.rng << 25;
         self.rng ^= self.rng >> 27;
         self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Filters nodes in order from `start` until `want` fit or all were seen; returns where
+    /// the next search starts.
+    fn filter_sequential(
+        &mut self,
+        pod: &PodInfo,
+        snapshot: &Snapshot<'_>,
+        state: &CycleState,
+        start: usize,
+        want: usize,
+        reasons: &mut BTreeMap<Reason, usize>,
+    ) -> usize {
+        let nodes = snapshot.nodes;
+        let n = nodes.len();
+        let mut processed = 0;
+        let mut idx = start;
+        while processed < n && self.feasible.len() < want {
+            let this = idx;
+            processed += 1;
+            // Wrap around without a division per node.
+            idx += 1;
+            if idx == n {
+                idx = 0;
+            }
+            match self.run_filters(pod, &nodes[this], state) {
+                Ok(()) => self.feasible.push(this),
+                Err(reason) => *reasons.entry(reason).or_default() += 1,
+            }
+        }
+        idx
+    }
+
+    /// The same search in rounds of `want` nodes (at least one per thread), each round
+    /// filtered across the pool and folded in node order, so that the nodes found, the
+    /// reasons counted and the next start are those of [`Self::filter_sequential`].
+    fn filter_parallel(
+        &mut self,
+        pod: &PodInfo,
+        snapshot: &Snapshot<'_>,
+        state: &CycleState,
+        start: usize,
+        want: usize,
+        reasons: &mut BTreeMap<Reason, usize>,
+    ) -> usize {
+        let nodes = snapshot.nodes;
+        let n = nodes.len();
+        let pool = self.pool.as_ref().expect("parallel filtering has a pool");
+        let round_size = want.max(pool.current_num_threads());
+        let mut processed = 0;
+        while processed < n && self.feasible.len() < want {
+            let len = round_size.min(n - processed);
+            let first = (start + processed) % n;
+            let (filters, active, round) =
+                (&self.profile.filters, &self.active_filters, &mut self.round);
+            round.clear();
+            pool.install(|| {
+                round.par_extend((0..len).into_par_iter().map(|k| {
+                    let node = &nodes[(first + k) % n];
+                    active
+                        .iter()
+                        .try_for_each(|&fi| filters[fi].filter(pod, node, state))
+                }))
+            });
+            for (k, outcome) in self.round.drain(..).enumerate() {
+                if self.feasible.len() == want {
+                    break;
+                }
+                processed += 1;
+                match outcome {
+                    Ok(()) => self.feasible.push((first + k) % n),
+                    Err(reason) => *reasons.entry(reason).or_default() += 1,
+                }
+            }
+        }
+        (start + processed) % n
+    }
+
+    fn run_filters(
+        &self,
+        pod: &PodInfo,
+        node: &NodeInfo,
+        state: &CycleState,
+    ) -> Result<(), Reason> {
+        self.active_filters
+            .iter()
+            .try_for_each(|&fi| self.profile.filters[fi].filter(pod, node, state))
     }
 
     /// Picks a node for `pod`; returns its index in `snapshot.nodes`.
@@ -155,32 +312,15 @@ impl Algorithm {
         }
 
         let want = num_feasible_nodes_to_find(n, self.percentage);
+        let started = Instant::now();
         self.feasible.clear();
         let start = self.next_start % n;
-        let mut processed = 0;
-        let mut idx = start;
-        while processed < n && self.feasible.len() < want {
-            let node = &nodes[idx];
-            let this = idx;
-            processed += 1;
-            // Wrap around without a division per node.
-            idx += 1;
-            if idx == n {
-                idx = 0;
-            }
-            let mut fits = true;
-            for &fi in &self.active_filters {
-                if let Err(reason) = self.profile.filters[fi].filter(pod, node, &state) {
-                    *reasons.entry(reason).or_default() += 1;
-                    fits = false;
-                    break;
-                }
-            }
-            if fits {
-                self.feasible.push(this);
-            }
-        }
-        self.next_start = idx;
+        let end = if self.parallel_pool(want).is_some() {
+            self.filter_parallel(pod, snapshot, &state, start, want, &mut reasons)
+        } else {
+            self.filter_sequential(pod, snapshot, &state, start, want, &mut reasons)
+        };
+        self.next_start = end;
 
         match self.feasible.len() {
             0 => {
@@ -195,22 +335,27 @@ impl Algorithm {
 
         self.totals.clear();
         self.totals.resize(self.feasible.len(), 0);
+        let parallel = self.parallel_pool(self.feasible.len()).is_some();
         for scorer in &self.profile.scorers {
             if let Prepared::Skip = scorer.pre_score(pod, snapshot, &mut state) {
                 continue;
             }
             self.scratch.clear();
-            self.scratch.extend(
-                self.feasible
-                    .iter()
-                    .map(|&i| scorer.score(pod, &nodes[i], &state)),
-            );
+            let score = |&i: &usize| scorer.score(pod, &nodes[i], &state);
+            match self.pool.as_ref().filter(|_| parallel) {
+                Some(pool) => {
+                    let (feasible, scratch) = (&self.feasible, &mut self.scratch);
+                    pool.install(|| scratch.par_extend(feasible.par_iter().map(score)));
+                }
+                None => self.scratch.extend(self.feasible.iter().map(score)),
+            }
             scorer.normalize(&mut self.scratch, &state);
             let w = scorer.weight();
             for (t, s) in self.totals.iter_mut().zip(&self.scratch) {
                 *t += w * s;
             }
         }
+        self.record_cost(started, want.min(n));
 
         // Highest total wins; ties are broken uniformly at random (reservoir sampling).
         let mut best = 0;

@@ -52,6 +52,9 @@ pub struct SchedulerConfig {
     pub max_backoff: Duration,
     /// Longest time an unschedulable pod waits for a cluster change before a retry.
     pub max_unschedulable: Duration,
+    /// Threads that filter and score the nodes of a large scheduling cycle (kube-scheduler's
+    /// `parallelism`); cheap cycles stay on one thread. Default: the available parallelism.
+    pub parallelism: usize,
 }
 
 impl Default for SchedulerConfig {
@@ -62,6 +65,7 @@ impl Default for SchedulerConfig {
             initial_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(10),
             max_unschedulable: Duration::from_secs(300),
+            parallelism: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 }
@@ -132,7 +136,8 @@ impl Scheduler {
         let (failed_binds_tx, failed_binds) = mpsc::unbounded_channel();
         Scheduler {
             store,
-            algorithm: Algorithm::new(profile, config.percentage_of_nodes_to_score),
+            algorithm: Algorithm::new(profile, config.percentage_of_nodes_to_score)
+                .with_parallelism(config.parallelism),
             queue: new_queue(&config),
             config,
             cache: ClusterCache::default(),

@@ -418,3 +418,64 @@ fn a_newer_version_keeps_or_recomputes_what_the_scheduler_derived() {
         1
     );
 }
+
+#[test]
+fn parallel_evaluation_decides_as_the_sequential_one() {
+    use std::time::Duration;
+    // 1,200 nodes (a sample of 100 % − 9 % = 492 is searched per pod), a third of them too
+    // small, a tenth tainted; pods with anti-affinity so that the expensive plugin is active.
+    let nodes: Vec<Node> = (0..1200)
+        .map(|i| {
+            let cpu = if i % 3 == 0 { "500m" } else { "8" };
+            let mut n = node(
+                &format!("n{i}"),
+                cpu,
+                "32Gi",
+                &[("zone", &format!("z{}", i % 7))],
+            );
+            if i % 10 == 0 {
+                n.spec.as_mut().unwrap().taints = Some(vec![Taint {
+                    key: "dedicated".into(),
+                    effect: "NoSchedule".into(),
+                    ..Default::default()
+                }]);
+            }
+            n
+        })
+        .collect();
+    let pod_at = |i: usize| {
+        let mut p = pod(&format!("p{i}"), "1", &[("app", &format!("a{}", i % 5))]);
+        p.spec.as_mut().unwrap().affinity = Some(Affinity {
+            pod_anti_affinity: Some(PodAntiAffinity {
+                required_during_scheduling_ignored_during_execution: Some(vec![PodAffinityTerm {
+                    label_selector: Some(K8sSelector {
+                        match_labels: Some(map(&[("app", &format!("a{}", i % 5))])),
+                        ..Default::default()
+                    }),
+                    topology_key: "kubernetes.io/hostname".into(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        p
+    };
+    let mut sequential = Cluster::new(nodes.clone());
+    let mut parallel = Cluster::new(nodes);
+    parallel.algo = Algorithm::new(Profile::default(), None)
+        .with_parallelism(3)
+        .with_parallel_threshold(Duration::ZERO);
+    for i in 0..300 {
+        assert_eq!(
+            sequential.schedule(pod_at(i)),
+            parallel.schedule(pod_at(i)),
+            "pod {i}"
+        );
+    }
+    // And the unschedulable message counts the same nodes.
+    let huge = pod("huge", "64", &[]);
+    let (a, b) = (sequential.schedule(huge.clone()), parallel.schedule(huge));
+    assert!(a.is_err());
+    assert_eq!(a, b);
+}
