@@ -7,7 +7,11 @@
 //!
 //! Sizes: 1,000 and 10,000 replicas; set `WHARF_E2E_N=1000,10000,100000` to choose others
 //! (100,000 needs ~6 GiB and minutes). The summary prints each size's times and the growth
-//! ratio from one size to the next against n·log n, the bound the issue sets.
+//! ratio from one size to the next against n·log n, the bound the issue sets. Beside wall
+//! time it reports the process's CPU time per phase (from `/proc/self/stat`), which is what
+//! to compare on a shared, loaded machine where wall time mostly measures the load.
+//! `WHARF_E2E_TRACE=1` also prints, per phase, each controller's reconciles, errors,
+//! requeues and busy time, and the scheduler's counters.
 //!
 //! No peer runs beside it: Kubernetes' control plane and kubelets cannot run in this process.
 //!
@@ -23,6 +27,7 @@ use k8s_openapi::api::core::v1::{Container, Node, PodSpec, PodTemplateSpec, Reso
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use wharf_core::cluster::{Cluster, ClusterBuilder};
+use wharf_core::controller::MetricsSnapshot;
 use wharf_core::node::NodeConfig;
 use wharf_core::store::{Api, ListOptions, WatchOptions};
 
@@ -104,23 +109,85 @@ async fn cluster(nodes: usize) -> Cluster {
     cluster
 }
 
+/// CPU time (user + system, every thread) this process has used so far.
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th
+    // fields of the line, in clock ticks (100 per second on Linux).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    Duration::from_millis(fields.iter().sum::<u64>() * 10)
+}
+
+/// Per-controller counters, to print the difference a phase made.
+fn counters(cluster: &Cluster) -> Vec<(String, MetricsSnapshot)> {
+    cluster
+        .controller_metrics()
+        .iter()
+        .map(|(name, m)| (name.clone(), m.snapshot()))
+        .collect()
+}
+
+fn trace(phase: &str, before: &[(String, MetricsSnapshot)], cluster: &Cluster) {
+    if std::env::var_os("WHARF_E2E_TRACE").is_none() {
+        return;
+    }
+    for ((name, a), (_, b)) in before.iter().zip(counters(cluster)) {
+        if b.reconciles > a.reconciles {
+            println!(
+                "    {phase} {name}: {} reconciles ({} triggers merged), {} errors, {} requeues, busy {:.3} s",
+                b.reconciles - a.reconciles,
+                b.merged - a.merged,
+                b.errors - a.errors,
+                b.requeues - a.requeues,
+                (b.total_duration - a.total_duration).as_secs_f64()
+            );
+        }
+    }
+    if let Some(m) = cluster.scheduler_metrics() {
+        println!("    {phase} scheduler: {m:?}");
+    }
+}
+
+/// One phase's wall and CPU time.
+#[derive(Clone, Copy)]
+struct Phase {
+    wall: Duration,
+    cpu: Duration,
+}
+
 /// One run at `n` replicas: (apply → all Ready, rolling update → all Ready).
-async fn run(n: usize) -> (Duration, Duration) {
+async fn run(n: usize) -> (Phase, Phase) {
     let cluster = cluster((n / 10).max(1)).await;
     let api: Api<Deployment> = cluster.api("default");
 
-    let start = Instant::now();
+    let before = counters(&cluster);
+    let (start, cpu) = (Instant::now(), cpu_time());
     api.create(deployment(n as i32, "app:v1")).await.unwrap();
     rolled_out(&api, n as i32).await;
-    let create = start.elapsed();
+    let create = Phase {
+        wall: start.elapsed(),
+        cpu: cpu_time() - cpu,
+    };
+    trace("apply", &before, &cluster);
 
-    let start = Instant::now();
+    let before = counters(&cluster);
+    let (start, cpu) = (Instant::now(), cpu_time());
     let mut d = api.get("e2e").await.unwrap().to_owned_value();
     let spec = d.spec.as_mut().unwrap().template.spec.as_mut().unwrap();
     spec.containers[0].image = Some("app:v2".into());
     api.update(d).await.unwrap();
     rolled_out(&api, n as i32).await;
-    let update = start.elapsed();
+    let update = Phase {
+        wall: start.elapsed(),
+        cpu: cpu_time() - cpu,
+    };
+    trace("update", &before, &cluster);
 
     cluster.shutdown().await;
     (create, update)
@@ -142,7 +209,7 @@ fn e2e(c: &mut Criterion) {
         .unwrap();
     let mut group = c.benchmark_group("e2e");
     group.sample_size(10);
-    let mut summary: Vec<(usize, Duration, Duration)> = Vec::new();
+    let mut summary: Vec<(usize, Phase, Phase)> = Vec::new();
     for n in sizes() {
         group.bench_with_input(
             BenchmarkId::new("deployment_apply_then_rolling_update", n),
@@ -153,12 +220,14 @@ fn e2e(c: &mut Criterion) {
                     for _ in 0..iters {
                         let (create, update) = rt.block_on(run(n));
                         println!(
-                            "  n={n}: apply -> all Ready {:.3} s, rolling update {:.3} s",
-                            create.as_secs_f64(),
-                            update.as_secs_f64()
+                            "  n={n}: apply -> all Ready {:.3} s (cpu {:.2} s), rolling update {:.3} s (cpu {:.2} s)",
+                            create.wall.as_secs_f64(),
+                            create.cpu.as_secs_f64(),
+                            update.wall.as_secs_f64(),
+                            update.cpu.as_secs_f64()
                         );
                         summary.push((n, create, update));
-                        total += create + update;
+                        total += create.wall + update.wall;
                     }
                     total
                 })
@@ -168,40 +237,42 @@ fn e2e(c: &mut Criterion) {
     group.finish();
 
     // Per size: the median of the runs criterion made; then growth against n log n.
-    let mut medians: Vec<(usize, f64, f64)> = Vec::new();
+    let median = |n: usize, pick: &dyn Fn(&(usize, Phase, Phase)) -> Duration| {
+        let mut v: Vec<f64> = summary
+            .iter()
+            .filter(|r| r.0 == n)
+            .map(|r| pick(r).as_secs_f64())
+            .collect();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied()
+    };
+    // (n, apply wall, update wall, apply cpu, update cpu)
+    let mut medians: Vec<(usize, [f64; 4])> = Vec::new();
     for n in sizes() {
-        let mut creates: Vec<f64> = summary
-            .iter()
-            .filter(|r| r.0 == n)
-            .map(|r| r.1.as_secs_f64())
-            .collect();
-        let mut updates: Vec<f64> = summary
-            .iter()
-            .filter(|r| r.0 == n)
-            .map(|r| r.2.as_secs_f64())
-            .collect();
-        if creates.is_empty() {
+        let Some(c) = median(n, &|r| r.1.wall) else {
             continue;
-        }
-        creates.sort_by(f64::total_cmp);
-        updates.sort_by(f64::total_cmp);
-        let (c, u) = (creates[creates.len() / 2], updates[updates.len() / 2]);
+        };
+        let u = median(n, &|r| r.2.wall).unwrap_or_default();
+        let cc = median(n, &|r| r.1.cpu).unwrap_or_default();
+        let uc = median(n, &|r| r.2.cpu).unwrap_or_default();
         println!(
-            "e2e n={n} on {} nodes: apply -> all Ready {c:.3} s ({:.0} pods/s), rolling update {u:.3} s ({:.0} pods/s) [median of {}]",
+            "e2e n={n} on {} nodes: apply -> all Ready {c:.3} s ({:.0} pods/s, cpu {cc:.2} s), rolling update {u:.3} s ({:.0} pods/s, cpu {uc:.2} s) [median of {}]",
             (n / 10).max(1),
             n as f64 / c,
             n as f64 / u,
-            creates.len()
+            summary.iter().filter(|r| r.0 == n).count()
         );
-        medians.push((n, c, u));
+        medians.push((n, [c, u, cc, uc]));
     }
     for pair in medians.windows(2) {
-        let ((n0, c0, u0), (n1, c1, u1)) = (pair[0], pair[1]);
+        let ((n0, a), (n1, b)) = (pair[0], pair[1]);
         let nlogn = |n: usize| n as f64 * (n as f64).ln();
         println!(
-            "e2e growth {n0} -> {n1}: apply x{:.2}, rolling update x{:.2}; n x{:.2}, n log n x{:.2}",
-            c1 / c0,
-            u1 / u0,
+            "e2e growth {n0} -> {n1}: apply x{:.2} (cpu x{:.2}), rolling update x{:.2} (cpu x{:.2}); n x{:.2}, n log n x{:.2}",
+            b[0] / a[0],
+            b[2] / a[2],
+            b[1] / a[1],
+            b[3] / a[3],
             n1 as f64 / n0 as f64,
             nlogn(n1) / nlogn(n0)
         );

@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backend::VolumePlugin;
 use crate::clock::Clock;
+use crate::controller::Metrics;
 use crate::controllers::ControllerManager;
 use crate::manifest::{self, Applied, ManifestError};
 use crate::node::{Backends, NodeAgent, NodeConfig, NodeError, NodeHandle};
@@ -287,6 +288,11 @@ impl Cluster {
     /// The scheduler's counters, when it runs one.
     pub fn scheduler_metrics(&self) -> Option<&Arc<SchedulerMetrics>> {
         self.scheduler_metrics.as_ref()
+    }
+
+    /// Each built-in controller's name and counters (empty without controllers).
+    pub fn controller_metrics(&self) -> &[(String, Arc<Metrics>)] {
+        self.controllers.as_ref().map_or(&[], |m| m.metrics())
     }
 
     /// Pod usage as the node agents publish it (what the HorizontalPodAutoscaler reads).

@@ -6,11 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use controller_support::*;
+use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetSpec};
 use k8s_openapi::api::core::v1::Pod;
 use wharf_core::controller::{CancellationToken, Context};
-use wharf_core::controllers::replicaset::ReplicaSetController;
-use wharf_core::store::{Api, Store};
+use wharf_core::controllers::replicaset::{ReplicaSetController, BURST_REPLICAS};
+use wharf_core::store::{Api, Store, WatchEvent, WatchOptions};
 use wharf_core::{Clock, Kind, Object};
 
 fn replica_set(name: &str, replicas: i32, min_ready: i32) -> ReplicaSet {
@@ -217,4 +218,107 @@ async fn adopts_matching_orphans_and_releases_pods_that_stop_matching() {
     .await;
     let _ = orphan;
     shutdown.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn fully_labeled_counts_pods_with_every_template_label() {
+    let (store, clock) = store();
+    // An orphan the selector matches but without the template's extra label.
+    store
+        .create(Object::from(pod("plain", &[("app", "front")])))
+        .await
+        .unwrap();
+    let shutdown = start(&store, clock);
+    let api: Api<ReplicaSet> = Api::namespaced(store.clone(), "default");
+    let mut rs = replica_set("front", 3, 0);
+    rs.spec.as_mut().unwrap().template =
+        Some(template(&[("app", "front"), ("tier", "web")], "busybox"));
+    api.create(rs).await.unwrap();
+    eventually(Duration::from_secs(5), "3 pods, one adopted", || async {
+        status(&api, "front").await.0 == 3
+    })
+    .await;
+    // (replicas, ready, available, fully labeled, generation)
+    assert_eq!(status(&api, "front").await, (3, 0, 0, 2, Some(1)));
+
+    // Labelling the adopted pod like the template makes it fully labeled.
+    let mut p = store
+        .get(&Kind::Pod, Some("default"), "plain")
+        .await
+        .unwrap()
+        .as_kind::<Pod>()
+        .unwrap()
+        .clone();
+    p.metadata.labels = Some(labels(&[("app", "front"), ("tier", "web")]));
+    store.update(Object::from(p)).await.unwrap();
+    eventually(Duration::from_secs(5), "3 fully labeled", || async {
+        status(&api, "front").await.3 == 3
+    })
+    .await;
+    assert_eq!(active_pods(&store).await.len(), 3);
+    shutdown.cancel();
+}
+
+/// Records the resourceVersion of every event of `kind` with whether it added (or deleted)
+/// an object.
+fn record(store: &Arc<dyn Store>, kind: Kind) -> Arc<std::sync::Mutex<Vec<(u64, bool)>>> {
+    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (store, out) = (store.clone(), log.clone());
+    tokio::spawn(async move {
+        let mut watch = store.watch(&kind, &WatchOptions::default()).await.unwrap();
+        while let Some(Ok(event)) = watch.next().await {
+            let changed = matches!(event, WatchEvent::Added(_) | WatchEvent::Deleted(_));
+            if let Some(rv) = event.resource_version() {
+                out.lock().unwrap().push((rv, changed));
+            }
+        }
+    });
+    log
+}
+
+#[tokio::test(start_paused = true)]
+async fn creates_and_deletes_at_most_a_burst_per_reconcile_and_reaches_the_count() {
+    let (store, clock) = store();
+    let pod_events = record(&store, Kind::Pod);
+    let rs_events = record(&store, Kind::ReplicaSet);
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let shutdown = start(&store, clock);
+    let api: Api<ReplicaSet> = Api::namespaced(store.clone(), "default");
+    api.create(replica_set("many", 1_200, 0)).await.unwrap();
+    eventually(Duration::from_secs(10), "1,200 pods", || async {
+        status(&api, "many").await.0 == 1_200
+    })
+    .await;
+    assert_eq!(active_pods(&store).await.len(), 1_200);
+
+    // Scale down by more than a burst.
+    let mut rs = api.get("many").await.unwrap().to_owned_value();
+    rs.spec.as_mut().unwrap().replicas = Some(100);
+    api.update(rs).await.unwrap();
+    eventually(Duration::from_secs(10), "100 pods", || async {
+        active_pods(&store).await.len() == 100 && status(&api, "many").await.0 == 100
+    })
+    .await;
+    shutdown.cancel();
+
+    // Each reconcile ends with one status write, and resourceVersions are global: between
+    // two writes of the ReplicaSet at most 500 pods were created or deleted.
+    let writes: Vec<u64> = rs_events.lock().unwrap().iter().map(|e| e.0).collect();
+    let pods: Vec<u64> = pod_events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| e.1)
+        .map(|e| e.0)
+        .collect();
+    assert_eq!(pods.len(), 1_200 + 1_100, "every create and delete seen");
+    let mut most = 0;
+    for pair in writes.windows(2) {
+        let between = pods
+            .iter()
+            .filter(|&&rv| rv > pair[0] && rv < pair[1])
+            .count();
+        most = most.max(between);
+    }
+    assert_eq!(most, BURST_REPLICAS, "a reconcile writes at most a burst");
 }

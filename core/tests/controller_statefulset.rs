@@ -716,3 +716,43 @@ async fn runs_on_a_simulated_cluster_with_bound_claims() {
     assert_eq!(names, ["db-0", "db-1", "db-2"]);
     cluster.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn available_replicas_wait_min_ready_seconds() {
+    let (store, clock) = store();
+    let shutdown = start(&store, clock);
+    let api: Api<StatefulSet> = Api::namespaced(store.clone(), "default");
+    let mut set = stateful_set("db", 2, "Parallel");
+    set.spec.as_mut().unwrap().min_ready_seconds = Some(20);
+    api.create(set).await.unwrap();
+    eventually(Duration::from_secs(5), "2 pods", || async {
+        pod_names(&store).await.len() == 2
+    })
+    .await;
+    make_ready(&store, &clock, "db-0").await;
+    make_ready(&store, &clock, "db-1").await;
+    let counts = || async {
+        let s = api
+            .get("db")
+            .await
+            .unwrap()
+            .status
+            .clone()
+            .unwrap_or_default();
+        (
+            s.ready_replicas.unwrap_or(0),
+            s.available_replicas.unwrap_or(0),
+        )
+    };
+    eventually(Duration::from_secs(5), "2 ready", || async {
+        counts().await.0 == 2
+    })
+    .await;
+    // Ready, but not for 20 s yet: none available.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(counts().await, (2, 0), "available before minReadySeconds");
+    // The controller wakes by itself once minReadySeconds have passed.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert_eq!(counts().await, (2, 2), "available after minReadySeconds");
+    shutdown.cancel();
+}

@@ -9,15 +9,20 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::owned_pods::{OwnedPods, PodTally};
 use super::ObjectKey;
+use crate::controllers::pod_state::is_active;
 use crate::object::{Kind, Object};
-use crate::store::{Deleted, ListOptions, Store, StoreError, WatchEvent, WatchOptions};
+use crate::store::{
+    Deleted, LabelSelector, ListOptions, Store, StoreError, WatchEvent, WatchOptions,
+};
 
 /// A change seen by an informer.
 #[derive(Clone, Debug)]
@@ -44,16 +49,47 @@ impl CacheEvent {
     }
 }
 
-#[derive(Default)]
 struct CacheState {
     objects: BTreeMap<ObjectKey, Arc<Object>>,
     /// Objects by the uid of their controller owner (orphans under `""`), holding the objects
     /// themselves so that listing a controller's dependents does no lookup per object.
     by_controller: HashMap<String, BTreeMap<ObjectKey, Arc<Object>>>,
+    /// Pod informer only: the tally of each controller's pods (orphans have none).
+    tallies: Option<HashMap<String, PodTally>>,
     resource_version: u64,
 }
 
 impl CacheState {
+    fn new(kind: &Kind) -> CacheState {
+        CacheState {
+            objects: BTreeMap::new(),
+            by_controller: HashMap::new(),
+            tallies: (*kind == Kind::Pod).then(HashMap::new),
+            resource_version: 0,
+        }
+    }
+
+    /// Counts `object` in (`add`) or out of its controller's tally.
+    fn tally(&mut self, uid: &str, object: &Arc<Object>, add: bool) {
+        let Some(tallies) = self.tallies.as_mut() else {
+            return;
+        };
+        if uid.is_empty() {
+            return;
+        }
+        if add {
+            tallies
+                .entry(uid.to_string())
+                .or_default()
+                .apply(object, true);
+        } else if let Some(tally) = tallies.get_mut(uid) {
+            tally.apply(object, false);
+            if tally.is_empty() {
+                tallies.remove(uid);
+            }
+        }
+    }
+
     fn controller_uid(object: &Object) -> &str {
         object
             .meta()
@@ -70,12 +106,13 @@ impl CacheState {
         let uid = Self::controller_uid(&object).to_string();
         let old = self.objects.insert(key.clone(), object.clone());
         if let Some(old) = &old {
-            let old_uid = Self::controller_uid(old);
+            let old_uid = Self::controller_uid(old).to_string();
+            self.tally(&old_uid, old, false);
             if old_uid != uid {
-                let old_uid = old_uid.to_string();
                 self.unindex(&key, old_uid);
             }
         }
+        self.tally(&uid, &object, true);
         self.by_controller
             .entry(uid)
             .or_default()
@@ -85,7 +122,9 @@ impl CacheState {
 
     fn remove(&mut self, key: &ObjectKey) -> Option<Arc<Object>> {
         let old = self.objects.remove(key)?;
-        self.unindex(key, Self::controller_uid(&old).to_string());
+        let uid = Self::controller_uid(&old).to_string();
+        self.tally(&uid, &old, false);
+        self.unindex(key, uid);
         Some(old)
     }
 
@@ -119,8 +158,8 @@ impl Informer {
     pub fn start(store: Arc<dyn Store>, kind: Kind, shutdown: CancellationToken) -> Informer {
         let informer = Informer {
             inner: Arc::new(Inner {
+                state: RwLock::new(CacheState::new(&kind)),
                 kind,
-                state: RwLock::new(CacheState::default()),
                 subscribers: Mutex::new(Vec::new()),
                 synced: watch::channel(false).0,
                 changes: watch::channel(0).0,
@@ -217,6 +256,95 @@ impl Informer {
             .by_controller
             .get(uid)
             .map_or(0, |owned| owned.values().filter(|o| predicate(o)).count())
+    }
+
+    /// The objects in `namespace` (every namespace when `None`) with no controller owner.
+    pub fn orphans(&self, namespace: Option<&str>) -> Vec<Arc<Object>> {
+        let state = self.read();
+        let Some(orphans) = state.by_controller.get("") else {
+            return Vec::new();
+        };
+        match namespace {
+            None => orphans.values().cloned().collect(),
+            Some(ns) => orphans
+                .range(ObjectKey::namespaced(ns, "")..)
+                .take_while(|(k, _)| k.namespace.as_deref() == Some(ns))
+                .map(|(_, o)| o.clone())
+                .collect(),
+        }
+    }
+
+    /// Pod informer: what the pods whose controller has `uid` amount to at `now`, counting
+    /// `fully_labeled` against `template_labels` and `available` with `min_ready_seconds`.
+    /// Costs what changed recently, not the number of pods (see [`OwnedPods`]). Other
+    /// informers report nothing.
+    pub fn owned_pods(
+        &self,
+        uid: &str,
+        template_labels: &BTreeMap<String, String>,
+        min_ready_seconds: i32,
+        now: SystemTime,
+    ) -> OwnedPods {
+        let state = self.read();
+        let Some(tally) = state.tallies.as_ref().and_then(|t| t.get(uid)) else {
+            return OwnedPods::default();
+        };
+        let (mut counts, labeled) = tally.counts(template_labels, min_ready_seconds, now);
+        if labeled.is_none() {
+            // Too many distinct label sets to count them one by one: look at the pods.
+            counts.fully_labeled = state
+                .by_controller
+                .get(uid)
+                .into_iter()
+                .flat_map(|owned| owned.values())
+                .filter_map(|o| o.as_kind::<Pod>())
+                .filter(|p| is_active(p))
+                .filter(|p| {
+                    let labels = p.metadata.labels.as_ref();
+                    template_labels
+                        .iter()
+                        .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+                })
+                .count();
+        }
+        counts
+    }
+
+    /// Whether an object controlled by `uid`, not being deleted, has labels that `selector`
+    /// does not match (one that a claim would release). For pods this is answered from the
+    /// tally's label sets; otherwise the owned objects are looked at.
+    pub fn has_unmatched(&self, uid: &str, selector: &LabelSelector) -> bool {
+        let state = self.read();
+        if let Some(answer) = state
+            .tallies
+            .as_ref()
+            .and_then(|t| t.get(uid))
+            .and_then(|t| t.has_unmatched(selector))
+        {
+            return answer;
+        }
+        state
+            .by_controller
+            .get(uid)
+            .into_iter()
+            .flat_map(|owned| owned.values())
+            .any(|o| {
+                o.meta().deletion_timestamp.is_none() && !selector.matches(o.meta().labels.as_ref())
+            })
+    }
+
+    /// Pod informer: the first `count` active pods controlled by `uid` in the order a
+    /// scale-down deletes them ([`deletion_order`]), without sorting them all.
+    ///
+    /// [`deletion_order`]: crate::controllers::pod_state::deletion_order
+    pub fn first_to_delete(&self, uid: &str, count: usize) -> Vec<Arc<Object>> {
+        let state = self.read();
+        state
+            .tallies
+            .as_ref()
+            .and_then(|t| t.get(uid))
+            .map(|t| t.first_to_delete(count))
+            .unwrap_or_default()
     }
 
     /// Number of cached objects.

@@ -20,12 +20,15 @@
 //! listing the store, and after writing call [`Informer::wait_observed`] so that their next
 //! reconcile sees their own writes (Kubernetes' controllers use "expectations" for this).
 //!
-//! This module does not know any particular kind: the built-in controllers live in
-//! [`crate::controllers`].
+//! This module knows one kind only: the pod informer keeps, per controller, a tally of its
+//! pods ([`OwnedPods`]: active, ready, available, fully labeled, and the deletion order)
+//! updated as events arrive, so that workload controllers do not walk every pod they own on
+//! each reconcile. The built-in controllers live in [`crate::controllers`].
 
 mod informer;
 mod leader;
 mod metrics;
+mod owned_pods;
 mod queue;
 mod runner;
 
@@ -38,6 +41,7 @@ pub use tokio_util::sync::CancellationToken;
 pub use informer::{CacheEvent, Informer, Informers, Observed};
 pub use leader::{LeaderElection, LeaderElector, LeaseLock, LeaseSettings};
 pub use metrics::{Metrics, MetricsSnapshot};
+pub use owned_pods::OwnedPods;
 pub use runner::{controller_owner, Controller, ControllerConfig, Mapper};
 
 pub(crate) use queue::{run as run_queue, Outcome};

@@ -1,7 +1,7 @@
 //! Facts about pods that several controllers need: active, ready, available, and the order in
 //! which a controller scaling down picks pods to delete.
 
-use std::cmp::Ordering;
+use std::cmp::{Ordering, Reverse};
 use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::core::v1::{Pod, PodCondition};
@@ -113,27 +113,41 @@ fn restarts(pod: &Pod) -> i32 {
         .unwrap_or(0)
 }
 
+/// A pod's place in the order of [`deletion_order`], as a value: pods whose ranks compare
+/// smaller are deleted first. Kept as an index key by the pod informer.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DeletionRank {
+    scheduled: bool,
+    phase: u8,
+    ready: bool,
+    ready_since: Reverse<Option<SystemTime>>,
+    restarts: Reverse<i32>,
+    created: Reverse<Option<SystemTime>>,
+    name: Reverse<Option<String>>,
+}
+
+/// The [`DeletionRank`] of `pod`.
+pub fn deletion_rank(pod: &Pod) -> DeletionRank {
+    DeletionRank {
+        scheduled: pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.as_deref())
+            .is_some_and(|n| !n.is_empty()),
+        phase: phase_rank(pod),
+        ready: is_ready(pod),
+        ready_since: Reverse(ready_since(pod)),
+        restarts: Reverse(restarts(pod)),
+        created: Reverse(pod.metadata.creation_timestamp.as_ref().map(from_k8s_time)),
+        name: Reverse(pod.metadata.name.clone()),
+    }
+}
+
 /// Orders pods so that the ones to delete first when scaling down come first, as Kubernetes'
 /// `ActivePods` does: unscheduled before scheduled, Pending before Unknown before Running, not
 /// ready before ready, ready for a shorter time first, more restarts first, newer first.
 pub fn deletion_order(a: &Pod, b: &Pod) -> Ordering {
-    let scheduled = |p: &Pod| {
-        p.spec
-            .as_ref()
-            .and_then(|s| s.node_name.as_deref())
-            .is_some_and(|n| !n.is_empty())
-    };
-    scheduled(a)
-        .cmp(&scheduled(b))
-        .then_with(|| phase_rank(a).cmp(&phase_rank(b)))
-        .then_with(|| is_ready(a).cmp(&is_ready(b)))
-        .then_with(|| ready_since(b).cmp(&ready_since(a)))
-        .then_with(|| restarts(b).cmp(&restarts(a)))
-        .then_with(|| {
-            let created = |p: &Pod| p.metadata.creation_timestamp.as_ref().map(from_k8s_time);
-            created(b).cmp(&created(a))
-        })
-        .then_with(|| b.metadata.name.cmp(&a.metadata.name))
+    deletion_rank(a).cmp(&deletion_rank(b))
 }
 
 #[cfg(test)]

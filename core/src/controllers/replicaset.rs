@@ -6,6 +6,13 @@
 //! store), deletes surplus pods in [`deletion_order`], and writes the status: `replicas`,
 //! `fullyLabeledReplicas`, `readyReplicas`, `availableReplicas` (ready for
 //! `minReadySeconds`), `observedGeneration`, and the `ReplicaFailure` condition.
+//!
+//! A reconcile costs what changed, not the number of pods: the counts come from the pod
+//! informer's per-owner tally ([`Informer::owned_pods`]), the claim looks at orphans and at
+//! owned pods only when some stopped matching, and a scale-down takes the first victims from
+//! the tally's deletion order instead of sorting every pod.
+//!
+//! [`deletion_order`]: super::pod_state::deletion_order
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,12 +23,12 @@ use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetCondition, ReplicaSetStat
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 
 use super::ownership::{claim, controller_reference, selector_of};
-use super::pod_state::{available_after, deletion_order, is_active, is_ready};
+
 use crate::controller::{
     Action, Context, Controller, ControllerError, Informer, Observed, Reconciler,
 };
 use crate::object::{Kind, Object, Resource, Typed};
-use crate::store::{DeleteOptions, StoreError};
+use crate::store::{DeleteOptions, LabelSelector, StoreError};
 
 /// Most pods one reconcile creates or deletes (Kubernetes' `burstReplicas`).
 pub const BURST_REPLICAS: usize = 500;
@@ -122,6 +129,30 @@ pub(crate) async fn delete_pods(
     first_error.map_or(Ok(()), Err)
 }
 
+/// Claims `owner`'s pods as [`claim`] does, looking only at the pods that can change hands:
+/// the orphans of its namespace, and its own pods only when some no longer match `selector`
+/// (the pod informer tells from its per-owner label sets without walking them).
+async fn claim_pods(
+    ctx: &Context,
+    owner: &Arc<Object>,
+    selector: &LabelSelector,
+    pods: &Informer,
+) -> Result<(), ControllerError> {
+    // An owner being deleted neither adopts nor releases.
+    if owner.meta().deletion_timestamp.is_some() {
+        return Ok(());
+    }
+    let candidates = if pods.has_unmatched(owner.uid(), selector) {
+        pods.owned_or_orphans(owner.uid(), owner.namespace())
+    } else {
+        pods.orphans(owner.namespace())
+    };
+    if !candidates.is_empty() {
+        claim(&ctx.store, owner, selector, candidates, pods).await?;
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl Reconciler for ReplicaSetController {
     type Error = ControllerError;
@@ -133,51 +164,7 @@ impl Reconciler for ReplicaSetController {
         let spec = rs.spec.clone().unwrap_or_default();
         let selector = selector_of(&object, Some(&spec.selector))?;
         let pods = ctx.informers.synced(&Kind::Pod).await;
-        let candidates = pods.owned_or_orphans(object.uid(), object.namespace());
-        let owned = claim(&ctx.store, &object, &selector, candidates, &pods).await?;
-        let active: Vec<Arc<Object>> = owned
-            .into_iter()
-            .filter(|o| o.as_kind::<Pod>().is_some_and(is_active))
-            .collect();
-
-        let mut manage_error = None;
-        if rs.metadata.deletion_timestamp.is_none() {
-            let want = spec.replicas.unwrap_or(1).max(0) as usize;
-            if active.len() < want {
-                let template = spec.template.clone().unwrap_or_default();
-                let count = (want - active.len()).min(BURST_REPLICAS);
-                let (created, error) = create_pods(
-                    ctx,
-                    &object,
-                    |_| pod_from_template(&object, &template, object.name()),
-                    count,
-                )
-                .await;
-                if let Some(last) = created.last() {
-                    pods.wait_observed(&Observed::Written(last.clone())).await;
-                }
-                manage_error = error;
-            } else if active.len() > want {
-                let mut victims: Vec<&Arc<Object>> = active.iter().collect();
-                victims.sort_by(|a, b| {
-                    deletion_order(
-                        a.as_kind::<Pod>().expect("pod"),
-                        b.as_kind::<Pod>().expect("pod"),
-                    )
-                });
-                let victims: Vec<Arc<Object>> = victims
-                    .into_iter()
-                    .take((active.len() - want).min(BURST_REPLICAS))
-                    .cloned()
-                    .collect();
-                if let Err(e) = delete_pods(ctx, &victims, &pods).await {
-                    manage_error = Some(e);
-                }
-            }
-        }
-
-        // Status from the cache, which now reflects this reconcile's writes.
-        let now = ctx.clock.now();
+        claim_pods(ctx, &object, &selector, &pods).await?;
         let min_ready = spec.min_ready_seconds.unwrap_or(0);
         let template_labels = spec
             .template
@@ -185,40 +172,49 @@ impl Reconciler for ReplicaSetController {
             .and_then(|t| t.metadata.as_ref())
             .and_then(|m| m.labels.clone())
             .unwrap_or_default();
-        let mut status = ReplicaSetStatus {
-            observed_generation: rs.metadata.generation,
-            conditions: rs.status.as_ref().and_then(|s| s.conditions.clone()),
-            ..Default::default()
-        };
-        let mut next_available: Option<Duration> = None;
-        let (mut replicas, mut labeled, mut ready, mut available) = (0, 0, 0, 0);
-        for pod in pods.owned_by(object.uid()) {
-            let Some(pod) = pod.as_kind::<Pod>().filter(|p| is_active(p)) else {
-                continue;
-            };
-            replicas += 1;
-            let labels = pod.metadata.labels.as_ref();
-            if template_labels
-                .iter()
-                .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
-            {
-                labeled += 1;
-            }
-            if is_ready(pod) {
-                ready += 1;
-                match available_after(pod, min_ready, now) {
-                    Some(Duration::ZERO) => available += 1,
-                    Some(wait) => {
-                        next_available = Some(next_available.map_or(wait, |n| n.min(wait)))
-                    }
-                    None => {}
+        let uid = object.uid();
+        let active = pods
+            .owned_pods(uid, &template_labels, min_ready, ctx.clock.now())
+            .active;
+
+        let mut manage_error = None;
+        if rs.metadata.deletion_timestamp.is_none() {
+            let want = spec.replicas.unwrap_or(1).max(0) as usize;
+            if active < want {
+                let template = spec.template.clone().unwrap_or_default();
+                let count = (want - active).min(BURST_REPLICAS);
+                let (created, error) = create_pods(
+                    ctx,
+                    &object,
+                    |_| pod_from_template(&object, &template, object.name()),
+                    count,
+                )
+                .await;
+                // Creates run concurrently: the latest write is the one to wait for.
+                if let Some(last) = created.iter().max_by_key(|p| p.resource_version()) {
+                    pods.wait_observed(&Observed::Written(last.clone())).await;
+                }
+                manage_error = error;
+            } else if active > want {
+                let victims = pods.first_to_delete(uid, (active - want).min(BURST_REPLICAS));
+                if let Err(e) = delete_pods(ctx, &victims, &pods).await {
+                    manage_error = Some(e);
                 }
             }
         }
-        status.replicas = replicas;
-        status.fully_labeled_replicas = Some(labeled);
-        status.ready_replicas = Some(ready);
-        status.available_replicas = Some(available);
+
+        // Status from the cache, which now reflects this reconcile's writes.
+        let counts = pods.owned_pods(uid, &template_labels, min_ready, ctx.clock.now());
+        let mut status = ReplicaSetStatus {
+            observed_generation: rs.metadata.generation,
+            conditions: rs.status.as_ref().and_then(|s| s.conditions.clone()),
+            replicas: counts.active as i32,
+            fully_labeled_replicas: Some(counts.fully_labeled as i32),
+            ready_replicas: Some(counts.ready as i32),
+            available_replicas: Some(counts.available as i32),
+            ..Default::default()
+        };
+        let next_available = counts.next_available;
         set_failure_condition(&mut status, manage_error.as_ref(), ctx);
         if rs.status.as_ref() != Some(&status) {
             let mut updated = rs.to_owned_value();

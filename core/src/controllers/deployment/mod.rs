@@ -34,10 +34,11 @@ use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::ownership::{claim, controller_reference, is_controlled_by, safe_hash, selector_of};
-use super::pod_state::{is_active, is_available, is_finished};
+use super::pod_state::is_finished;
 use crate::clock::from_k8s_time;
 use crate::controller::{
-    controller_owner, Action, Context, Controller, ControllerError, Informer, Observed, Reconciler,
+    controller_owner, Action, Context, Controller, ControllerError, Informer, Observed, OwnedPods,
+    Reconciler,
 };
 use crate::object::{Kind, Object, Resource, Typed};
 use crate::store::{Api, DeleteOptions, Store, StoreError};
@@ -472,26 +473,25 @@ impl Sync<'_> {
         spec_replicas(rs).max(self.active_pods(rs))
     }
 
-    fn active_pods(&self, rs: &ReplicaSet) -> i32 {
-        let uid = rs.metadata.uid.as_deref().unwrap_or("");
-        self.pods
-            .count_owned(uid, |p| p.as_kind::<Pod>().is_some_and(is_active)) as i32
-    }
-
-    /// Available pods of a ReplicaSet, from the pod cache, at most its spec.
-    fn available_pods(&self, rs: &ReplicaSet) -> i32 {
+    /// What a ReplicaSet's pods amount to now, from the pod informer's per-owner tally.
+    fn owned_pods(&self, rs: &ReplicaSet) -> OwnedPods {
         let uid = rs.metadata.uid.as_deref().unwrap_or("");
         let min_ready = rs
             .spec
             .as_ref()
             .and_then(|s| s.min_ready_seconds)
             .unwrap_or(0);
-        let now = self.ctx.clock.now();
-        let available = self.pods.count_owned(uid, |p| {
-            p.as_kind::<Pod>()
-                .is_some_and(|p| is_active(p) && is_available(p, min_ready, now))
-        }) as i32;
-        available.min(spec_replicas(rs))
+        self.pods
+            .owned_pods(uid, &BTreeMap::new(), min_ready, self.ctx.clock.now())
+    }
+
+    fn active_pods(&self, rs: &ReplicaSet) -> i32 {
+        self.owned_pods(rs).active as i32
+    }
+
+    /// Available pods of a ReplicaSet, from the pod cache, at most its spec.
+    fn available_pods(&self, rs: &ReplicaSet) -> i32 {
+        (self.owned_pods(rs).available as i32).min(spec_replicas(rs))
     }
 
     fn is_scaling_event(&self, all: &[ReplicaSet]) -> bool {
@@ -591,14 +591,10 @@ impl Sync<'_> {
             return self.finish(new_name, all).await;
         }
         // Wait until no old pod runs (terminating pods still count, as in Kubernetes).
-        let old_running = all.iter().enumerate().any(|(i, rs)| {
-            Some(i) != new
-                && self
-                    .pods
-                    .owned_by(rs.metadata.uid.as_deref().unwrap_or(""))
-                    .iter()
-                    .any(|p| p.as_kind::<Pod>().is_some_and(|p| !is_finished(p)))
-        });
+        let old_running = all
+            .iter()
+            .enumerate()
+            .any(|(i, rs)| Some(i) != new && self.owned_pods(rs).unfinished > 0);
         if old_running {
             return self.finish(new_name, all).await;
         }
