@@ -512,3 +512,37 @@ spec:
     );
     cluster.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn number_available_waits_min_ready_seconds() {
+    let (store, clock) = store();
+    add_node(&store, node("a", &[], None)).await;
+    add_node(&store, node("b", &[], None)).await;
+    let shutdown = start(&store, clock);
+    let api: Api<DaemonSet> = Api::namespaced(store.clone(), "default");
+    let mut ds = daemon_set("agent");
+    ds.spec.as_mut().unwrap().min_ready_seconds = Some(20);
+    api.create(ds).await.unwrap();
+    eventually(Duration::from_secs(5), "a pod on each node", || async {
+        nodes_with_pods(&store).await == ["a", "b"]
+    })
+    .await;
+    for p in active_pods(&store).await {
+        set_ready(&store, &clock, &p, true, "10.0.0.1").await;
+    }
+    let counts = || async {
+        let s = status(&api, "agent").await;
+        (s.number_ready, s.number_available.unwrap_or(0))
+    };
+    eventually(Duration::from_secs(5), "2 ready", || async {
+        counts().await.0 == 2
+    })
+    .await;
+    // Ready, but not for 20 s yet: none available.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(counts().await, (2, 0), "available before minReadySeconds");
+    // The controller wakes by itself once minReadySeconds have passed.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert_eq!(counts().await, (2, 2), "available after minReadySeconds");
+    shutdown.cancel();
+}

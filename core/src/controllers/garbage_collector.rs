@@ -79,8 +79,12 @@ impl Graph {
                 .entry(r.uid.clone())
                 .or_default()
                 .insert(uid.clone());
-            // An owner in foreground deletion waits for this dependent.
-            work.push(r.uid.clone());
+            // An owner in foreground (or orphan) deletion waits for this dependent; other
+            // owners have nothing to do when a dependent changes, and processing them on
+            // every dependent's event would cost their number of dependents each time.
+            if self.waits_for_dependents(&r.uid) {
+                work.push(r.uid.clone());
+            }
         }
         if !node.owners.is_empty() || (node.deleting && (node.foreground || node.orphan)) {
             work.push(uid.clone());
@@ -105,10 +109,20 @@ impl Graph {
                         self.dependents.remove(&r.uid);
                     }
                 }
-                work.push(r.uid.clone());
+                if self.waits_for_dependents(&r.uid) {
+                    work.push(r.uid.clone());
+                }
             }
         }
         work
+    }
+
+    /// Whether the object `uid` is being deleted in the foreground or with orphaning, so that
+    /// a change to one of its dependents may let it finish.
+    fn waits_for_dependents(&self, uid: &str) -> bool {
+        self.nodes
+            .get(uid)
+            .is_some_and(|n| n.deleting && (n.foreground || n.orphan))
     }
 }
 
@@ -205,6 +219,10 @@ impl GarbageCollector {
 fn snapshot(graph: &Mutex<Graph>, uid: &str) -> Option<(Node, Vec<(String, Node)>)> {
     let graph = graph.lock().expect("gc graph");
     let node = graph.nodes.get(uid)?.clone();
+    // Only foreground and orphan deletion look at the dependents: do not copy them otherwise.
+    if !(node.deleting && (node.foreground || node.orphan)) {
+        return Some((node, Vec::new()));
+    }
     let dependents = graph
         .dependents
         .get(uid)
