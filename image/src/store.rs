@@ -675,7 +675,17 @@ impl ImageStore {
     /// a flat root filesystem, for exports and hosts without overlayfs.
     pub fn unpack_flat(&self, image: &str, target: &Path) -> Result<()> {
         let rec = self.resolve(image)?;
-        for (layer, diff_id) in rec.layers.iter().zip(&rec.diff_ids) {
+        self.unpack_layers_flat(rec.layers.iter().zip(&rec.diff_ids), target)
+    }
+
+    /// Unpacks stored layers (with the diff ids they must have), in order, into one
+    /// directory, checking both digests.
+    pub fn unpack_layers_flat<'a>(
+        &self,
+        layers: impl IntoIterator<Item = (&'a Descriptor, &'a Digest)>,
+        target: &Path,
+    ) -> Result<()> {
+        for (layer, diff_id) in layers {
             let f = self.blobs.open_blob(&layer.digest)?;
             let mut opts = crate::unpack::UnpackOptions::flat();
             opts.expect_digest = Some(layer.digest.clone());

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::owned_pods::{OwnedPods, PodTally};
 use super::ObjectKey;
+use crate::controllers::ownership::controller_of;
 use crate::controllers::pod_state::is_active;
 use crate::object::{Kind, Object};
 use crate::store::{
@@ -54,7 +55,8 @@ struct CacheState {
     /// Objects by the uid of their controller owner (orphans under `""`), holding the objects
     /// themselves so that listing a controller's dependents does no lookup per object.
     by_controller: HashMap<String, BTreeMap<ObjectKey, Arc<Object>>>,
-    /// Pod informer only: the tally of each controller's pods (orphans have none).
+    /// Pod informer only: the tally of each ReplicaSet's pods (the only controller that reads
+    /// one; other controllers' pods and orphans have none).
     tallies: Option<HashMap<String, PodTally>>,
     resource_version: u64,
 }
@@ -74,7 +76,7 @@ impl CacheState {
         let Some(tallies) = self.tallies.as_mut() else {
             return;
         };
-        if uid.is_empty() {
+        if uid.is_empty() || controller_of(object).is_none_or(|r| r.kind != "ReplicaSet") {
             return;
         }
         if add {
@@ -274,7 +276,7 @@ impl Informer {
         }
     }
 
-    /// Pod informer: what the pods whose controller has `uid` amount to at `now`, counting
+    /// Pod informer: what the pods whose controller, a ReplicaSet, has `uid` amount to at `now`, counting
     /// `fully_labeled` against `template_labels` and `available` with `min_ready_seconds`.
     /// Costs what changed recently, not the number of pods (see [`OwnedPods`]). Other
     /// informers report nothing.
@@ -333,7 +335,7 @@ impl Informer {
             })
     }
 
-    /// Pod informer: the first `count` active pods controlled by `uid` in the order a
+    /// Pod informer: the first `count` active pods of the ReplicaSet `uid` in the order a
     /// scale-down deletes them ([`deletion_order`]), without sorting them all.
     ///
     /// [`deletion_order`]: crate::controllers::pod_state::deletion_order

@@ -45,9 +45,7 @@ use super::ownership::{claim, selector_of};
 use super::pod_state::{check_available, is_finished, is_ready, is_terminating};
 use super::replicaset::{create_pods, delete_pods, pod_from_template};
 use crate::clock::from_k8s_time;
-use crate::controller::{
-    Action, Context, Controller, ControllerError, ObjectKey, Observed, Reconciler,
-};
+use crate::controller::{Action, Context, Controller, ControllerError, ObjectKey, Reconciler};
 use crate::object::{Kind, Object, Resource, Typed};
 use crate::scheduler::framework::NodeInfo;
 use crate::scheduler::plugins::{required_node_affinity_matches, required_terms, tolerates};
@@ -296,7 +294,7 @@ impl Reconciler for DaemonSetController {
                 live.insert(format!("{}-{hash}", sync.object.name()));
             }
         }
-        live.insert(ds_revision_name(&history.update));
+        live.insert(history::revision_name(&history.update).to_string());
         let status = sync.status(&ds, history.collision_count);
         if ds.status.as_ref() != Some(&status) {
             let mut written = ds.to_owned_value();
@@ -310,10 +308,6 @@ impl Reconciler for DaemonSetController {
         history::truncate(ctx, &sync.object, &history, &live, limit).await?;
         Ok(sync.wait.map_or(Action::AwaitChange, Action::requeue))
     }
-}
-
-fn ds_revision_name(revision: &k8s_openapi::api::apps::v1::ControllerRevision) -> String {
-    revision.metadata.name.clone().unwrap_or_default()
 }
 
 impl Sync<'_> {
@@ -427,19 +421,13 @@ impl Sync<'_> {
         );
         if !create.is_empty() {
             tracing::info!(daemonset = %self.object.display_name(), nodes = create.len(), "creating daemon pods");
-            let informer = self.ctx.informers.get(&Kind::Pod);
-            let (created, error) = create_pods(
+            let (_, error) = create_pods(
                 self.ctx,
                 &self.object,
                 |i| self.new_pod(&create[i]),
                 create.len(),
             )
             .await;
-            if let Some(last) = created.last() {
-                informer
-                    .wait_observed(&Observed::Written(last.clone()))
-                    .await;
-            }
             if let Some(e) = error {
                 return Err(e);
             }

@@ -87,7 +87,8 @@ fn as_revision(object: &Object) -> ControllerRevision {
         .unwrap_or_default()
 }
 
-fn revision_name(revision: &ControllerRevision) -> &str {
+/// A revision's name (empty when it has none).
+pub fn revision_name(revision: &ControllerRevision) -> &str {
     revision.metadata.name.as_deref().unwrap_or("")
 }
 
@@ -170,7 +171,7 @@ async fn create(
     mut collision_count: Option<i32>,
 ) -> Result<(Arc<Object>, Option<i32>), ControllerError> {
     for _ in 0..=COLLISION_RETRIES {
-        let hash = safe_hash(&template_json(template), collision_count);
+        let hash = template_hash(template, collision_count);
         let mut revision = ControllerRevision {
             data: Some(RawExtension(data.clone())),
             revision: number,

@@ -30,7 +30,7 @@ use k8s_openapi::api::core::v1::{EnvVar, Pod};
 use super::pod_state::{deletion_order, is_active, is_ready, phase};
 use super::replicaset::{create_pods, delete_pods, pod_from_template};
 use crate::clock::{from_k8s_time, to_k8s_time};
-use crate::controller::{Action, Context, Controller, ControllerError, Observed, Reconciler};
+use crate::controller::{Action, Context, Controller, ControllerError, Reconciler};
 use crate::object::{Kind, Object, Resource, Typed};
 use crate::store::{DeleteOptions, Propagation, StoreError};
 
@@ -357,11 +357,6 @@ impl Reconciler for JobController {
                     )
                     .await;
                     active_now += created.len() as i32;
-                    if let Some(last) = created.last() {
-                        pods_informer
-                            .wait_observed(&Observed::Written(last.clone()))
-                            .await;
-                    }
                     if let Some(e) = error {
                         return Err(e);
                     }
@@ -387,11 +382,6 @@ impl Reconciler for JobController {
                     )
                     .await;
                     active_now += created.len() as i32;
-                    if let Some(last) = created.last() {
-                        pods_informer
-                            .wait_observed(&Observed::Written(last.clone()))
-                            .await;
-                    }
                     if let Some(e) = error {
                         return Err(e);
                     }

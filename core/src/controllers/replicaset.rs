@@ -61,7 +61,9 @@ pub fn pod_from_template(owner: &Object, template: &PodTemplateSpec, prefix: &st
 }
 
 /// Creates `count` pods, `make(i)` for `i` in `0..count`, in slow-start batches (1, 2, 4, …),
-/// stopping at the first batch with a failure. Returns the created pods and the first error.
+/// stopping at the first batch with a failure, and returns once the pod informer has seen
+/// every pod created (so the caller's next look at the cache counts them). Returns the
+/// created pods and the first error.
 pub(crate) async fn create_pods(
     ctx: &Context,
     owner: &Object,
@@ -69,14 +71,14 @@ pub(crate) async fn create_pods(
     count: usize,
 ) -> (Vec<Arc<Object>>, Option<ControllerError>) {
     let mut created = Vec::with_capacity(count);
+    let mut error = None;
     let mut batch = 1;
     let mut remaining = count;
-    while remaining > 0 {
+    while remaining > 0 && error.is_none() {
         let n = batch.min(remaining);
         let first = count - remaining;
         let results =
             join_all((first..first + n).map(|i| ctx.store.create(make(i).into_object()))).await;
-        let mut error = None;
         for result in results {
             match result {
                 Ok(pod) => created.push(pod),
@@ -86,13 +88,17 @@ pub(crate) async fn create_pods(
                 Err(_) => {}
             }
         }
-        if error.is_some() {
-            return (created, error);
-        }
         remaining -= n;
         batch *= 2;
     }
-    (created, None)
+    // Creates in a batch run concurrently: the newest write is the one to wait for.
+    if let Some(newest) = created.iter().max_by_key(|p| p.resource_version()) {
+        ctx.informers
+            .get(&Kind::Pod)
+            .wait_observed(&Observed::Written(newest.clone()))
+            .await;
+    }
+    (created, error)
 }
 
 /// Deletes `pods`; a pod that is already gone counts as deleted.
@@ -183,17 +189,13 @@ impl Reconciler for ReplicaSetController {
             if active < want {
                 let template = spec.template.clone().unwrap_or_default();
                 let count = (want - active).min(BURST_REPLICAS);
-                let (created, error) = create_pods(
+                let (_, error) = create_pods(
                     ctx,
                     &object,
                     |_| pod_from_template(&object, &template, object.name()),
                     count,
                 )
                 .await;
-                // Creates run concurrently: the latest write is the one to wait for.
-                if let Some(last) = created.iter().max_by_key(|p| p.resource_version()) {
-                    pods.wait_observed(&Observed::Written(last.clone())).await;
-                }
                 manage_error = error;
             } else if active > want {
                 let victims = pods.first_to_delete(uid, (active - want).min(BURST_REPLICAS));

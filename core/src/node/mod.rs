@@ -587,7 +587,6 @@ impl Workers {
     fn send(&mut self, pod: Typed<Pod>) {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         if let Some(entry) = self.by_uid.get(&uid) {
-            self.ctx.volumes.pod_updated(&pod);
             // Fails only when the worker ended; then the event is stale.
             let _ = entry.tx.send(WorkerEvent::Pod(pod));
             return;

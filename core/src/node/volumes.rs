@@ -413,8 +413,8 @@ impl VolumeHost {
         Ok(paths)
     }
 
-    /// Records the pod as it is now (from the agent's pod watch), for the next refresh of
-    /// its downwardAPI files. Cheap when the pod has nothing to refresh.
+    /// Records the pod as its worker last saw it, for the next refresh of its downwardAPI
+    /// files. Cheap when the pod has nothing to refresh.
     pub fn pod_updated(&self, pod: &Pod) {
         let uid = pod.metadata.uid.as_deref().unwrap_or_default();
         let entry = self
@@ -424,24 +424,14 @@ impl VolumeHost {
             .get(uid)
             .cloned();
         if let Some(entry) = entry {
-            let version = |p: &Pod| {
-                p.metadata
-                    .resource_version
-                    .as_deref()
-                    .and_then(|v| v.parse::<u64>().ok())
-            };
-            let mut known = entry.pod.lock().unwrap_or_else(|e| e.into_inner());
-            // Watch events may lag behind what is known.
-            if version(pod) >= version(&known) {
-                *known = pod.clone();
-            }
+            *entry.pod.lock().unwrap_or_else(|e| e.into_inner()) = pod.clone();
         }
     }
 
     /// Brings the files of every set-up configMap, secret, downwardAPI and projected volume
     /// up to date with their sources and with the pod's current metadata (as kubelet's
     /// periodic sync does). Each referenced ConfigMap and Secret is read once per round; the
-    /// pods come from the agent's watch ([`pod_updated`](Self::pod_updated)). A source that
+    /// pods come from their workers ([`pod_updated`](Self::pod_updated)). A source that
     /// cannot be read leaves the files as they were; the failure is logged.
     pub async fn refresh(&self, store: &Arc<dyn Store>) {
         let Some(hook) = &self.in_tree else {
@@ -468,11 +458,13 @@ impl VolumeHost {
             }
             pods.push((uid, entry, pod, ns));
         }
-        for (uid, entry, pod, ns) in pods {
+        // Pods are refreshed side by side: a slow hook call holds up only its own pod.
+        let objects = &objects;
+        futures::future::join_all(pods.into_iter().map(|(uid, entry, pod, ns)| async move {
             let torn_down = entry.torn_down.lock().await;
             if *torn_down {
                 // Torn down meanwhile: do not bring its directories back.
-                continue;
+                return;
             }
             let name = pod.metadata.name.as_deref().unwrap_or_default();
             for v in pod_volumes(&pod).filter(|v| is_projected(v)) {
@@ -480,12 +472,13 @@ impl VolumeHost {
                     continue;
                 }
                 let dir = self.pod_volume_dir(&uid, &v.name);
-                if let Err(e) = hook.refresh(&pod, v, &dir, &objects).await {
+                if let Err(e) = hook.refresh(&pod, v, &dir, objects).await {
                     tracing::warn!(pod = %format!("{ns}/{name}"), volume = %v.name, error = %e,
                         "refreshing volume files failed; the previous files stay");
                 }
             }
-        }
+        }))
+        .await;
     }
 
     async fn setup_one(

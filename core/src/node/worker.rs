@@ -223,6 +223,7 @@ impl PodWorker {
                             // Events may lag behind what this worker already saw.
                             let seen = self.machine.pod.object().resource_version();
                             if pod.object().resource_version() >= seen {
+                                self.ctx.volumes.pod_updated(&pod);
                                 self.machine.observe(Observation::PodUpdated(pod), now);
                             }
                         }

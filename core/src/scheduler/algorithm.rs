@@ -103,6 +103,19 @@ pub fn num_feasible_nodes_to_find(num_nodes: usize, percentage: Option<u32>) -> 
     ((num_nodes as i64 * pct / 100) as usize).max(MIN_FEASIBLE)
 }
 
+/// Runs the active filters on one node; the first refusal says why it does not fit.
+fn passes(
+    filters: &[Box<dyn FilterPlugin>],
+    active: &[usize],
+    pod: &PodInfo,
+    node: &NodeInfo,
+    state: &CycleState,
+) -> Result<(), Reason> {
+    active
+        .iter()
+        .try_for_each(|&fi| filters[fi].filter(pod, node, state))
+}
+
 /// Expected per-node work of a cycle above which it is spread over the thread pool.
 pub const PARALLEL_MIN_CYCLE: Duration = Duration::from_micros(200);
 
@@ -167,12 +180,10 @@ impl Algorithm {
         self
     }
 
-    /// Whether this cycle is expected to be long enough to be worth the pool.
-    fn parallel_pool(&self, nodes: usize) -> Option<&rayon::ThreadPool> {
-        let expected = self.node_cost_ns * nodes as f64;
-        self.pool
-            .as_ref()
-            .filter(|_| expected >= self.parallel_threshold.as_nanos() as f64)
+    /// Whether a cycle over `nodes` nodes is expected to be long enough to be worth the pool.
+    fn use_pool(&self, nodes: usize) -> bool {
+        self.pool.is_some()
+            && self.node_cost_ns * nodes as f64 >= self.parallel_threshold.as_nanos() as f64
     }
 
     /// Folds the time a cycle took for `nodes` nodes into the per-node cost.
@@ -219,7 +230,13 @@ impl Algorithm {
             if idx == n {
                 idx = 0;
             }
-            match self.run_filters(pod, &nodes[this], state) {
+            match passes(
+                &self.profile.filters,
+                &self.active_filters,
+                pod,
+                &nodes[this],
+                state,
+            ) {
                 Ok(()) => self.feasible.push(this),
                 Err(reason) => *reasons.entry(reason).or_default() += 1,
             }
@@ -251,12 +268,11 @@ impl Algorithm {
                 (&self.profile.filters, &self.active_filters, &mut self.round);
             round.clear();
             pool.install(|| {
-                round.par_extend((0..len).into_par_iter().map(|k| {
-                    let node = &nodes[(first + k) % n];
-                    active
-                        .iter()
-                        .try_for_each(|&fi| filters[fi].filter(pod, node, state))
-                }))
+                round.par_extend(
+                    (0..len)
+                        .into_par_iter()
+                        .map(|k| passes(filters, active, pod, &nodes[(first + k) % n], state)),
+                )
             });
             for (k, outcome) in self.round.drain(..).enumerate() {
                 if self.feasible.len() == want {
@@ -270,17 +286,6 @@ impl Algorithm {
             }
         }
         (start + processed) % n
-    }
-
-    fn run_filters(
-        &self,
-        pod: &PodInfo,
-        node: &NodeInfo,
-        state: &CycleState,
-    ) -> Result<(), Reason> {
-        self.active_filters
-            .iter()
-            .try_for_each(|&fi| self.profile.filters[fi].filter(pod, node, state))
     }
 
     /// Picks a node for `pod`; returns its index in `snapshot.nodes`.
@@ -315,7 +320,7 @@ impl Algorithm {
         let started = Instant::now();
         self.feasible.clear();
         let start = self.next_start % n;
-        let end = if self.parallel_pool(want).is_some() {
+        let end = if self.use_pool(want) {
             self.filter_parallel(pod, snapshot, &state, start, want, &mut reasons)
         } else {
             self.filter_sequential(pod, snapshot, &state, start, want, &mut reasons)
@@ -335,7 +340,7 @@ impl Algorithm {
 
         self.totals.clear();
         self.totals.resize(self.feasible.len(), 0);
-        let parallel = self.parallel_pool(self.feasible.len()).is_some();
+        let parallel = self.use_pool(self.feasible.len());
         for scorer in &self.profile.scorers {
             if let Prepared::Skip = scorer.pre_score(pod, snapshot, &mut state) {
                 continue;

@@ -109,13 +109,11 @@ impl ClusterCache {
     /// Removes the placement `pod` made, if it is still the pod's accounting (no newer version
     /// of the pod has been placed, and it was not removed since); returns whether it was.
     pub fn forget_assumed(&mut self, pod: &Arc<PodInfo>) -> bool {
-        let uid = pod.object.uid();
-        let Some(&i) = self.placed.get(uid).and_then(|node| self.index.get(node)) else {
-            return false;
-        };
-        let same = self.nodes[i].pods.iter().any(|p| Arc::ptr_eq(p, pod));
+        let same = self
+            .placed_info(pod.object.uid())
+            .is_some_and(|placed| Arc::ptr_eq(placed, pod));
         if same {
-            self.unplace(uid);
+            self.unplace(pod.object.uid());
         }
         same
     }

@@ -1,6 +1,7 @@
 //! Table-driven tests of the scheduling algorithm and its plugins (no store, no IO).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{
@@ -12,7 +13,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector as K8sSelector
 
 use super::algorithm::{num_feasible_nodes_to_find, Algorithm, Profile};
 use super::cache::ClusterCache;
-use super::framework::PodInfo;
+use super::framework::{CycleState, FilterPlugin, NodeInfo, PodInfo, Reason};
 use crate::object::{Object, Resource};
 
 fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -461,9 +462,33 @@ fn parallel_evaluation_decides_as_the_sequential_one() {
         });
         p
     };
+    /// A filter that lets every node through and counts the calls made on the pool.
+    struct OnPool(Arc<AtomicUsize>);
+    impl FilterPlugin for OnPool {
+        fn name(&self) -> &'static str {
+            "OnPool"
+        }
+        fn filter(&self, _: &PodInfo, _: &NodeInfo, _: &CycleState) -> Result<(), Reason> {
+            let current = std::thread::current();
+            if current
+                .name()
+                .is_some_and(|n| n.starts_with("wharf-sched-"))
+            {
+                self.0.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(())
+        }
+    }
+    let profile = |on_pool: &Arc<AtomicUsize>| {
+        let mut p = Profile::default();
+        p.filters.push(Box::new(OnPool(on_pool.clone())));
+        p
+    };
+    let (on_pool_seq, on_pool_par) = (Arc::default(), Arc::default());
     let mut sequential = Cluster::new(nodes.clone());
+    sequential.algo = Algorithm::new(profile(&on_pool_seq), None);
     let mut parallel = Cluster::new(nodes);
-    parallel.algo = Algorithm::new(Profile::default(), None)
+    parallel.algo = Algorithm::new(profile(&on_pool_par), None)
         .with_parallelism(3)
         .with_parallel_threshold(Duration::ZERO);
     for i in 0..300 {
@@ -473,6 +498,9 @@ fn parallel_evaluation_decides_as_the_sequential_one() {
             "pod {i}"
         );
     }
+    // The parallel cluster really filtered on its pool; the sequential one never did.
+    assert!(on_pool_par.load(Ordering::Relaxed) > 0);
+    assert_eq!(on_pool_seq.load(Ordering::Relaxed), 0);
     // And the unschedulable message counts the same nodes.
     let huge = pod("huge", "64", &[]);
     let (a, b) = (sequential.schedule(huge.clone()), parallel.schedule(huge));

@@ -639,13 +639,8 @@ impl Builder<'_> {
         fs::create_dir_all(&dir).map_err(|e| ImageError::io("create directory", &dir, e))?;
         self._pins
             .push(self.store.pin(layers.iter().map(|(l, _)| l.digest.clone())));
-        for (layer, diff_id) in &layers {
-            let f = self.store.blobs().open_blob(&layer.digest)?;
-            let mut o = crate::unpack::UnpackOptions::flat();
-            o.expect_digest = Some(layer.digest.clone());
-            o.expect_diff_id = Some(diff_id.clone());
-            crate::unpack::unpack(f, &dir, &layer.digest.to_string(), &o)?;
-        }
+        self.store
+            .unpack_layers_flat(layers.iter().map(|(l, d)| (l, d)), &dir)?;
         self.roots.insert(key, dir.clone());
         Ok(dir)
     }

@@ -141,11 +141,25 @@ impl LocalVolumes {
             self.make_dir(dir, backing, 0o777)?;
             return Ok(dir.to_path_buf());
         }
-        let (payload, backing) = self.payload(pod, volume, self.objects.as_ref()).await?;
+        self.project(pod, volume, dir, self.objects.as_ref())
+            .await?;
+        Ok(dir.to_path_buf())
+    }
+
+    /// Writes the files of a configMap, secret, downwardAPI or projected volume into `dir`,
+    /// atomically, from the objects `objects` gives.
+    async fn project(
+        &self,
+        pod: &Pod,
+        volume: &Volume,
+        dir: &Path,
+        objects: &dyn ObjectLookup,
+    ) -> Result<(), CsiError> {
+        let (payload, backing) = self.payload(pod, volume, objects).await?;
         self.make_dir(dir, backing, 0o755)?;
         atomic_writer::write(dir, &payload)
-            .map_err(|e| CsiError::io("project volume files", dir, e))?;
-        Ok(dir.to_path_buf())
+            .map(drop)
+            .map_err(|e| CsiError::io("project volume files", dir, e))
     }
 
     /// Brings the files of a set-up configMap, secret, downwardAPI or projected volume up to
@@ -166,11 +180,7 @@ impl LocalVolumes {
         if !projected {
             return Ok(());
         }
-        let (payload, backing) = self.payload(pod, volume, objects).await?;
-        self.make_dir(dir, backing, 0o755)?;
-        atomic_writer::write(dir, &payload)
-            .map(drop)
-            .map_err(|e| CsiError::io("project volume files", dir, e))
+        self.project(pod, volume, dir, objects).await
     }
 
     /// Removes what `setup` made at `dir`: unmounts a tmpfs, deletes the directory. A
