@@ -259,6 +259,60 @@ async fn fully_labeled_counts_pods_with_every_template_label() {
     shutdown.cancel();
 }
 
+#[tokio::test(start_paused = true)]
+async fn counts_and_releases_pods_with_many_distinct_label_sets() {
+    // Ten adopted orphans, each with a label of its own: more distinct label sets than the
+    // informer's tally keeps apart, so the counts come from its walk over the pods.
+    let (store, clock) = store();
+    for i in 0..10 {
+        let own = format!("p{i}");
+        let mut with: Vec<(&str, &str)> = vec![("app", "front"), ("own", &own)];
+        if i < 4 {
+            with.push(("tier", "web"));
+        }
+        store
+            .create(Object::from(pod(&format!("p{i}"), &with)))
+            .await
+            .unwrap();
+    }
+    let shutdown = start(&store, clock);
+    let api: Api<ReplicaSet> = Api::namespaced(store.clone(), "default");
+    let mut rs = replica_set("front", 10, 0);
+    rs.spec.as_mut().unwrap().template =
+        Some(template(&[("app", "front"), ("tier", "web")], "busybox"));
+    api.create(rs).await.unwrap();
+    eventually(Duration::from_secs(5), "10 pods adopted", || async {
+        status(&api, "front").await.0 == 10
+    })
+    .await;
+    // (replicas, ready, available, fully labeled, generation): no pod was created.
+    assert_eq!(status(&api, "front").await, (10, 0, 0, 4, Some(1)));
+    assert_eq!(active_pods(&store).await.len(), 10);
+
+    // A pod relabelled out of the selector is released and replaced.
+    let mut p = store
+        .get(&Kind::Pod, Some("default"), "p9")
+        .await
+        .unwrap()
+        .as_kind::<Pod>()
+        .unwrap()
+        .clone();
+    p.metadata.labels = Some(labels(&[("app", "back"), ("own", "p9")]));
+    store.update(Object::from(p)).await.unwrap();
+    eventually(Duration::from_secs(5), "p9 released", || async {
+        let p9 = store.get(&Kind::Pod, Some("default"), "p9").await.unwrap();
+        p9.meta().owner_references.as_ref().is_none_or(|r| r.is_empty())
+    })
+    .await;
+    eventually(Duration::from_secs(5), "a replacement for p9", || async {
+        active_pods(&store).await.len() == 11 && status(&api, "front").await.0 == 10
+    })
+    .await;
+    // The replacement has the template's labels.
+    assert_eq!(status(&api, "front").await.3, 5);
+    shutdown.cancel();
+}
+
 /// Records the resourceVersion of every event of `kind` with whether it added (or deleted)
 /// an object.
 fn record(store: &Arc<dyn Store>, kind: Kind) -> Arc<std::sync::Mutex<Vec<(u64, bool)>>> {
