@@ -301,7 +301,10 @@ async fn counts_and_releases_pods_with_many_distinct_label_sets() {
     store.update(Object::from(p)).await.unwrap();
     eventually(Duration::from_secs(5), "p9 released", || async {
         let p9 = store.get(&Kind::Pod, Some("default"), "p9").await.unwrap();
-        p9.meta().owner_references.as_ref().is_none_or(|r| r.is_empty())
+        p9.meta()
+            .owner_references
+            .as_ref()
+            .is_none_or(|r| r.is_empty())
     })
     .await;
     eventually(Duration::from_secs(5), "a replacement for p9", || async {
