@@ -37,6 +37,9 @@ pub struct CreateOptions {
     /// With `process.terminal`: the unix socket that receives the pty master
     /// (`SCM_RIGHTS`, as runc's `--console-socket`).
     pub console_socket: Option<PathBuf>,
+    /// With `process.terminal` and no console socket: keep the pty master and return
+    /// it from [`Engine::create_with_console`] (the monitor serves it to attachers).
+    pub keep_console: bool,
 }
 
 /// A terminal for an exec'd process.
@@ -214,6 +217,18 @@ impl Engine {
     /// set up; the process waits for [`Engine::start`]. On error nothing is left behind.
     /// Forks: call only from a single-threaded subreaper process.
     pub fn create(&self, id: &str, bundle: &Bundle, opts: &CreateOptions) -> Result<Record> {
+        self.create_with_console(id, bundle, opts)
+            .map(|(rec, _)| rec)
+    }
+
+    /// [`Engine::create`], also returning the pty master of a terminal container when
+    /// `opts.keep_console` asked to keep it.
+    pub fn create_with_console(
+        &self,
+        id: &str,
+        bundle: &Bundle,
+        opts: &CreateOptions,
+    ) -> Result<(Record, Option<OwnedFd>)> {
         check_id(id)?;
         let dir = self.dir(id);
         match std::fs::create_dir(&dir.path) {
@@ -248,14 +263,14 @@ impl Engine {
         opts: &CreateOptions,
         dir: &Dir,
         cg_out: &mut Option<Cgroup>,
-    ) -> Result<Record> {
+    ) -> Result<(Record, Option<OwnedFd>)> {
         let linux = bundle.spec.linux().clone().unwrap_or_default();
         let process = bundle.spec.process().as_ref().expect("validated");
         let terminal = process.terminal().unwrap_or(false);
         // The console socket is reached before anything is made.
         let console = match (&opts.console_socket, terminal) {
             (Some(path), true) => Some(ConsoleSocket::connect(id, path)?),
-            (None, true) => {
+            (None, true) if !opts.keep_console => {
                 return Err(Error::ConfigField {
                     path: bundle.dir.join("config.json"),
                     field: "process.terminal".into(),
@@ -345,7 +360,11 @@ impl Engine {
         if let (Some(sock), Some(master)) = (&console, &master) {
             sock.send(id, pid, master)?;
         }
-        drop(master);
+        let master = if opts.keep_console && console.is_none() {
+            master
+        } else {
+            None
+        };
         let rec = Record {
             id: id.into(),
             bundle: bundle.dir.clone(),
@@ -364,7 +383,7 @@ impl Engine {
             std::fs::write(p, pid.to_string())
                 .map_err(|e| Error::os(id, format!("write pid file {}", p.display()), e))?;
         }
-        Ok(rec)
+        Ok((rec, master))
     }
 
     /// Starts the program of a created container and runs its poststart hooks.

@@ -59,6 +59,14 @@ pub enum Error {
         /// What was attempted.
         operation: &'static str,
     },
+    /// The container's stdio does not pass through the monitor, so nobody can attach.
+    #[error("container {id}: cannot attach: {reason}")]
+    NotAttachable {
+        /// The container id.
+        id: String,
+        /// Why.
+        reason: String,
+    },
     /// A user name could not be resolved inside the container's rootfs.
     #[error("container {id}: user {user:?} not found in {passwd}")]
     UnknownUser {

@@ -11,8 +11,17 @@
 //! conmon cost one per container).
 //!
 //! Protocol: one JSON request per line; the answer is one JSON line, except for
-//! `subscribe` (a stream of events) and `exec` (a second line when the process ends). Idle rule: with no containers alive and no client connected for
-//! [`IDLE_EXIT`], the monitor exits.
+//! `subscribe` (a stream of events), `exec` (a second line when the process ends) and
+//! `attach` (descriptors with the first line, `exec_done` when the container exits).
+//! Idle rule: with no containers alive and no client connected for [`IDLE_EXIT`], the
+//! monitor exits.
+//!
+//! Attach: a container created with a log, stdin or a terminal has its stdio pass
+//! through the monitor (others write to `/dev/null`: no pipe, nothing to poll). Each
+//! attacher gets its own pipes, which the monitor fills with the container's output as
+//! it copies it to the log (an attacher that falls a pipe's worth behind is detached,
+//! so it never slows the container or the others); it writes the container's stdin pipe
+//! or pty master itself, with a copy of the descriptor the monitor keeps.
 
 use std::collections::HashMap;
 use std::io::{self, BufRead, Read, Write};
@@ -102,6 +111,19 @@ pub enum Request {
         owned_dirs: Vec<PathBuf>,
         /// CRI log file for stdout/stderr (None: discard).
         log: Option<LogTarget>,
+        /// Keep the container's stdin open (a pipe attachers write to); without it,
+        /// and without a terminal, stdin is `/dev/null`.
+        #[serde(default)]
+        stdin: bool,
+        /// With `stdin`: the first attacher gets the pipe itself, so the container reads
+        /// end of file once that attacher closes it (Kubernetes' `stdinOnce`).
+        #[serde(default)]
+        stdin_once: bool,
+    },
+    /// Attach to a container's stdio: output from now on, and its stdin or terminal.
+    Attach {
+        /// Container id.
+        id: String,
     },
     /// Exec a process in a running container.
     Exec {
@@ -165,7 +187,18 @@ pub enum Reply {
         /// Its host pid.
         pid: i32,
     },
-    /// A captured exec ended.
+    /// An attach started. Passed by `SCM_RIGHTS` with this reply: the read end of the
+    /// output pipe, then with `terminal` the pty master (for resizing, and for input
+    /// with `stdin`), else the read end of the stderr pipe followed, with `stdin`, by
+    /// the write end of the container's stdin. `exec_done` follows when the container
+    /// exits.
+    Attached {
+        /// The container has a terminal (one output stream).
+        terminal: bool,
+        /// The attacher may write the container's stdin.
+        stdin: bool,
+    },
+    /// A captured exec ended (also: an attached container exited).
     ExecDone {
         /// Exit code.
         code: i32,
@@ -190,7 +223,7 @@ impl Reply {
         let kind = match e {
             Error::NotFound(_) => "not_found",
             Error::AlreadyExists(_) => "already_exists",
-            Error::InvalidState { .. } => "invalid_state",
+            Error::InvalidState { .. } | Error::NotAttachable { .. } => "invalid_state",
             Error::InvalidId(_)
             | Error::ConfigParse { .. }
             | Error::ConfigField { .. }
@@ -229,6 +262,79 @@ enum PipeOwner {
     Exec(i32),
 }
 
+/// The stdio of a container whose streams pass through the monitor.
+struct ContainerIo {
+    /// The write end of its stdin pipe (kept so the container does not read end of
+    /// file while nobody is attached; handed over with `stdin_once`).
+    input: Option<OwnedFd>,
+    /// Its pty master (terminal containers); attachers get a copy.
+    console: Option<OwnedFd>,
+    /// Created with stdin open.
+    stdin: bool,
+    /// Hand the stdin pipe to the first attacher.
+    stdin_once: bool,
+    attachers: Vec<Attacher>,
+}
+
+/// One attached client: the write ends of its output pipes (non-blocking).
+struct Attacher {
+    client: usize,
+    out: Option<std::fs::File>,
+    /// None with a terminal (one stream).
+    err: Option<std::fs::File>,
+}
+
+/// What an attacher's output pipe may hold before it counts as not keeping up.
+const ATTACH_PIPE_BYTES: i32 = 1 << 20;
+
+impl ContainerIo {
+    /// Copies output to every attacher; returns the clients of attachers that fell
+    /// behind (a full pipe), which are detached.
+    fn fan_out(&mut self, stream: Stream, data: &[u8]) -> Vec<usize> {
+        let mut lagging = Vec::new();
+        self.attachers.retain_mut(|a| {
+            let slot = match stream {
+                Stream::Stderr if a.err.is_some() => &mut a.err,
+                _ => &mut a.out,
+            };
+            let Some(f) = slot else { return true };
+            match write_nonblocking(f, data) {
+                Ok(()) => true,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    lagging.push(a.client);
+                    false
+                }
+                // The attacher closed this stream: keep it for the exit code.
+                Err(_) => {
+                    *slot = None;
+                    true
+                }
+            }
+        });
+        lagging
+    }
+}
+
+/// Writes all of `data` to a non-blocking descriptor, or fails (`WouldBlock` when full).
+fn write_nonblocking(mut f: &std::fs::File, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        match f.write(data) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// How a container's stdin is set up.
+#[derive(Debug, Clone, Copy)]
+struct StdinMode {
+    stdin: bool,
+    stdin_once: bool,
+}
+
 struct Capture {
     out: Vec<u8>,
     err: Vec<u8>,
@@ -247,6 +353,8 @@ struct Monitor {
     adopted: HashMap<i32, (OwnedFd, String)>,
     pipes: Vec<Pipe>,
     logs: HashMap<String, CriLog>,
+    /// Containers whose stdio passes through us (they can be attached to).
+    ios: HashMap<String, ContainerIo>,
     captures: HashMap<i32, Capture>,
     idle_since: Option<Instant>,
     quit: bool,
@@ -297,6 +405,7 @@ pub fn serve(root: &Path) -> Result<()> {
         adopted: HashMap::new(),
         pipes: Vec::new(),
         logs: HashMap::new(),
+        ios: HashMap::new(),
         captures: HashMap::new(),
         idle_since: Some(Instant::now()),
         quit: false,
@@ -416,6 +525,11 @@ impl Monitor {
             }
             self.finish_captures();
             self.clients.retain(|_, c| !c.closed);
+            // A closed connection detaches its attachers.
+            for io in self.ios.values_mut() {
+                io.attachers
+                    .retain(|a| self.clients.contains_key(&a.client));
+            }
             let idle = self
                 .children
                 .values()
@@ -457,16 +571,41 @@ impl Monitor {
             match self.children.remove(&pid) {
                 Some(Tracked::Container { id }) => {
                     self.drain_pipes_of(&PipeOwner::Container(id.clone()));
-                    self.logs.remove(&id);
-                    match self.engine.record_exit(&id, status) {
-                        Ok(info) => self.broadcast(Event::Exit {
-                            id,
-                            pid,
-                            code: info.code,
-                            oom_killed: info.oom_killed,
-                            finished_unix_nanos: info.finished_unix_nanos as u64,
-                        }),
-                        Err(e) => tracing::warn!(id, error = %e, "recording exit failed"),
+                    if let Some(mut log) = self.logs.remove(&id) {
+                        // A last line without its newline (a prompt) is logged too.
+                        let now = state::rfc3339(state::now_nanos());
+                        let _ = log.flush_stream(Stream::Stdout, &now);
+                        let _ = log.flush_stream(Stream::Stderr, &now);
+                    }
+                    let io = self.ios.remove(&id);
+                    let code = match self.engine.record_exit(&id, status) {
+                        Ok(info) => {
+                            self.broadcast(Event::Exit {
+                                id: id.clone(),
+                                pid,
+                                code: info.code,
+                                oom_killed: info.oom_killed,
+                                finished_unix_nanos: info.finished_unix_nanos as u64,
+                            });
+                            info.code
+                        }
+                        Err(e) => {
+                            tracing::warn!(id, error = %e, "recording exit failed");
+                            status.code()
+                        }
+                    };
+                    // Attachers see their streams end (everything was copied above),
+                    // then the exit code.
+                    for a in io.map(|io| io.attachers).unwrap_or_default() {
+                        drop((a.out, a.err));
+                        self.send(
+                            a.client,
+                            &Reply::ExecDone {
+                                code,
+                                stdout: String::new(),
+                                stderr: String::new(),
+                            },
+                        );
                     }
                 }
                 Some(Tracked::Exec { client, capture }) => {
@@ -614,8 +753,17 @@ impl Monitor {
                 overlay,
                 owned_dirs,
                 log,
-            } => match self.create(&id, &bundle, overlay, owned_dirs, log) {
-                Ok(pid) => Reply::Created { pid },
+                stdin,
+                stdin_once,
+            } => {
+                let input = StdinMode { stdin, stdin_once };
+                match self.create(&id, &bundle, overlay, owned_dirs, log, input) {
+                    Ok(pid) => Reply::Created { pid },
+                    Err(e) => Reply::error(&e),
+                }
+            }
+            Request::Attach { id } => match self.attach(key, &id) {
+                Ok((reply, fds)) => return self.send_fds(key, &reply, fds),
                 Err(e) => Reply::error(&e),
             },
             Request::PinNamespaces {
@@ -660,37 +808,58 @@ impl Monitor {
         overlay: Option<Overlay>,
         owned_dirs: Vec<PathBuf>,
         log: Option<LogTarget>,
+        input: StdinMode,
     ) -> Result<i32> {
         let bundle = Bundle::load(id, bundle_dir)?;
+        let terminal = bundle
+            .spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.terminal())
+            .unwrap_or(false);
+        // Output passes through us only when someone may read it: the log, or
+        // attachers (who need stdin or a terminal to talk back, or a log to watch).
+        // Otherwise it goes to /dev/null: no pipe to make, poll or drain.
+        let attachable = log.is_some() || input.stdin || terminal;
+        let cri_log = match &log {
+            Some(target) => Some(
+                CriLog::open(target.clone())
+                    .map_err(|e| Error::os(id, format!("open log {}", target.path.display()), e))?,
+            ),
+            None => None,
+        };
+        let pipe = || sys::pipe().map_err(|e| Error::os(id, "pipe", e));
+        let piped = attachable && !terminal;
+        let (out, err) = if piped {
+            (Some(pipe()?), Some(pipe()?))
+        } else {
+            (None, None)
+        };
+        let stdin_pipe = if input.stdin && !terminal {
+            Some(pipe()?)
+        } else {
+            None
+        };
         let null =
             std::fs::File::open("/dev/null").map_err(|e| Error::os(id, "open /dev/null", e))?;
-        let (mut out_r, mut out_w, mut err_r, mut err_w) = (None, None, None, None);
-        if let Some(target) = &log {
-            let log = CriLog::open(target.clone())
-                .map_err(|e| Error::os(id, format!("open log {}", target.path.display()), e))?;
-            self.logs.insert(id.to_string(), log);
-            let (r, w) = sys::pipe().map_err(|e| Error::os(id, "pipe", e))?;
-            out_r = Some(r);
-            out_w = Some(w);
-            let (r, w) = sys::pipe().map_err(|e| Error::os(id, "pipe", e))?;
-            err_r = Some(r);
-            err_w = Some(w);
-        }
         let devnull = std::fs::OpenOptions::new()
             .write(true)
             .open("/dev/null")
             .map_err(|e| Error::os(id, "open /dev/null", e))?;
+        // With a terminal the container's stdio is the pty's slave.
         let stdio = [
-            Some(null.as_raw_fd()),
             Some(
-                out_w
+                stdin_pipe
                     .as_ref()
-                    .map_or(devnull.as_raw_fd(), |w| w.as_raw_fd()),
+                    .map_or(null.as_raw_fd(), |(r, _)| r.as_raw_fd()),
             ),
             Some(
-                err_w
-                    .as_ref()
-                    .map_or(devnull.as_raw_fd(), |w| w.as_raw_fd()),
+                out.as_ref()
+                    .map_or(devnull.as_raw_fd(), |(_, w)| w.as_raw_fd()),
+            ),
+            Some(
+                err.as_ref()
+                    .map_or(devnull.as_raw_fd(), |(_, w)| w.as_raw_fd()),
             ),
         ];
         let opts = CreateOptions {
@@ -699,29 +868,115 @@ impl Monitor {
             owned_dirs,
             pid_file: None,
             console_socket: None,
+            keep_console: terminal,
         };
-        let rec = match self.engine.create(id, &bundle, &opts) {
-            Ok(r) => r,
-            Err(e) => {
-                self.logs.remove(id);
-                return Err(e);
+        let (rec, console) = self.engine.create_with_console(id, &bundle, &opts)?;
+        if let Some(log) = cri_log {
+            self.logs.insert(id.to_string(), log);
+        }
+        let mut readers = Vec::new();
+        for (pair, stream) in [(out, Stream::Stdout), (err, Stream::Stderr)] {
+            if let Some((r, w)) = pair {
+                drop(w);
+                readers.push((r, stream));
             }
+        }
+        // A terminal's output is the container's stdout.
+        let console_copy = match console {
+            Some(master) => {
+                let copy = master
+                    .try_clone()
+                    .map_err(|e| Error::os(id, "dup the pty master", e))?;
+                readers.push((master, Stream::Stdout));
+                Some(copy)
+            }
+            None => None,
         };
-        drop((out_w, err_w));
-        for (r, stream) in [(out_r, Stream::Stdout), (err_r, Stream::Stderr)] {
-            if let Some(fd) = r {
-                let _ = sys::set_nonblocking(fd.as_fd(), true);
-                self.pipes.push(Pipe {
-                    fd,
-                    owner: PipeOwner::Container(id.to_string()),
-                    stream,
-                });
-            }
+        for (fd, stream) in readers {
+            let _ = sys::set_nonblocking(fd.as_fd(), true);
+            self.pipes.push(Pipe {
+                fd,
+                owner: PipeOwner::Container(id.to_string()),
+                stream,
+            });
+        }
+        if attachable {
+            self.ios.insert(
+                id.to_string(),
+                ContainerIo {
+                    input: stdin_pipe.map(|(_, w)| w),
+                    console: console_copy,
+                    stdin: input.stdin,
+                    stdin_once: input.stdin_once,
+                    attachers: Vec::new(),
+                },
+            );
         }
         self.children
             .insert(rec.pid, Tracked::Container { id: id.to_string() });
         self.idle_since = None;
         Ok(rec.pid)
+    }
+
+    /// Registers client `key` as an attacher of container `id`: the `attached` reply
+    /// and the descriptors that go with it.
+    fn attach(&mut self, key: usize, id: &str) -> Result<(Reply, Vec<OwnedFd>)> {
+        let Some(io) = self.ios.get_mut(id) else {
+            let st = self.engine.state(id)?;
+            if st.status == Status::Stopped {
+                return Err(Error::InvalidState {
+                    id: id.into(),
+                    status: st.status.to_string(),
+                    operation: "attach",
+                });
+            }
+            return Err(Error::NotAttachable {
+                id: id.into(),
+                reason: "its output is not captured (created without a log path, stdin or a \
+                         terminal), or an earlier monitor held its stdio"
+                    .into(),
+            });
+        };
+        let os = |what: &str, e| Error::os(id, what.to_string(), e);
+        let mut fds = Vec::new();
+        let mut pipe_to_attacher = || -> Result<std::fs::File> {
+            let (r, w) = sys::pipe().map_err(|e| os("pipe", e))?;
+            sys::set_nonblocking(w.as_fd(), true).map_err(|e| os("pipe", e))?;
+            // A larger buffer absorbs bursts; the default (64 KiB) also works.
+            let _ = sys::set_pipe_size(w.as_fd(), ATTACH_PIPE_BYTES);
+            fds.push(r);
+            Ok(std::fs::File::from(w))
+        };
+        let out = pipe_to_attacher()?;
+        let terminal = io.console.is_some();
+        let err = if terminal {
+            None
+        } else {
+            Some(pipe_to_attacher()?)
+        };
+        let mut stdin = false;
+        if let Some(master) = &io.console {
+            fds.push(
+                master
+                    .try_clone()
+                    .map_err(|e| os("dup the pty master", e))?,
+            );
+            stdin = io.stdin;
+        } else if io.stdin_once {
+            if let Some(w) = io.input.take() {
+                fds.push(w);
+                stdin = true;
+            }
+        } else if let Some(w) = &io.input {
+            fds.push(w.try_clone().map_err(|e| os("dup stdin", e))?);
+            stdin = true;
+        }
+        io.attachers.push(Attacher {
+            client: key,
+            out: Some(out),
+            err,
+        });
+        Ok((Reply::Attached { terminal, stdin }, fds))
     }
 
     fn exec(
@@ -867,11 +1122,21 @@ impl Monitor {
                     let stream = p.stream;
                     match &p.owner {
                         PipeOwner::Container(id) => {
-                            let now = state::rfc3339(state::now_nanos());
                             if let Some(log) = self.logs.get_mut(id) {
+                                let now = state::rfc3339(state::now_nanos());
                                 if let Err(e) = log.write(stream, &buf[..n], &now) {
                                     tracing::warn!(id, error = %e, "writing container log failed");
                                 }
+                            }
+                            let lagging = match self.ios.get_mut(id) {
+                                Some(io) if !io.attachers.is_empty() => {
+                                    io.fan_out(stream, &buf[..n])
+                                }
+                                _ => Vec::new(),
+                            };
+                            if !lagging.is_empty() {
+                                let id = id.clone();
+                                self.detach_lagging(&id, lagging);
                             }
                         }
                         PipeOwner::Exec(pid) => {
@@ -893,6 +1158,24 @@ impl Monitor {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => return true,
             }
+        }
+    }
+
+    /// Ends the sessions of attachers that fell a full pipe behind (their pipes are
+    /// closed already): the error tells them why their output stopped.
+    fn detach_lagging(&mut self, id: &str, clients: Vec<usize>) {
+        for client in clients {
+            tracing::warn!(id, client, "attacher fell behind the output; detached");
+            self.send(
+                client,
+                &Reply::Error {
+                    kind: "other".into(),
+                    message: format!(
+                        "container {id}: detached: the attacher fell {ATTACH_PIPE_BYTES} bytes \
+                         behind the output (the log has all of it)"
+                    ),
+                },
+            );
         }
     }
 

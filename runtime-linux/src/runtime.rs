@@ -8,7 +8,9 @@
 //! without a pause process.
 
 use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -35,6 +37,7 @@ use crate::error::Error;
 use crate::logs::LogTarget;
 use crate::monitor::{Event, ExecMode, ExecProcess, Reply, Request};
 use crate::rootfs::Overlay;
+use crate::session::FdStream;
 use crate::state::{self, Status};
 use crate::sys;
 
@@ -313,6 +316,34 @@ impl Inner {
         }
     }
 
+    /// Sends a request whose first reply carries descriptors (exec, attach); returns
+    /// that reply, the descriptors, bytes read past it and the blocking connection.
+    async fn open_session(
+        &self,
+        op: &str,
+        id: &str,
+        req: &Request,
+    ) -> BackendResult<(Reply, Vec<OwnedFd>, Vec<u8>, std::os::unix::net::UnixStream)> {
+        let unavailable = |e: std::io::Error| {
+            BackendError::new(ErrorKind::Unavailable, op, id, format!("monitor: {e}"))
+        };
+        let stream = self
+            .monitor
+            .send(req)
+            .await
+            .map_err(|e| backend(op, id, e))?;
+        // Descriptors come with the first reply: read it with recvmsg on a blocking socket.
+        let std_stream = stream.into_std().map_err(unavailable)?;
+        std_stream.set_nonblocking(false).map_err(unavailable)?;
+        tokio::task::spawn_blocking(move || {
+            crate::session::read_reply_with_fds(&std_stream)
+                .map(|(r, f, rest)| (r, f, rest, std_stream))
+        })
+        .await
+        .map_err(|e| BackendError::new(ErrorKind::Internal, op, id, e.to_string()))?
+        .map_err(unavailable)
+    }
+
     fn meta(&self, id: &str) -> Option<Meta> {
         let rec = self.engine.record(id).ok()?;
         serde_json::from_str(rec.annotations.get(META)?).ok()
@@ -484,14 +515,6 @@ impl Inner {
         if c.command.is_empty() {
             return Err(invalid(op, &c.name, "command is empty"));
         }
-        if c.tty {
-            return Err(BackendError::new(
-                ErrorKind::Unsupported,
-                op,
-                &c.name,
-                "tty containers are not supported by the linux runtime yet",
-            ));
-        }
         let mut spec = crate::spec::default_spec();
         let mut owned = vec![self.opts.root.join("bundles").join(id)];
         let image = c
@@ -535,7 +558,8 @@ impl Inner {
         spec.set_hostname(Some(sb.hostname.clone()));
 
         let mut process = spec.process().clone().unwrap_or_default();
-        process.set_terminal(Some(false));
+        // With a terminal the monitor keeps the pty master (logs it, serves attachers).
+        process.set_terminal(Some(c.tty));
         process.set_args(Some(c.command.clone()));
         let mut env: Vec<String> = c.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         if !c.env.iter().any(|(k, _)| k == "PATH") {
@@ -546,6 +570,9 @@ impl Inner {
         }
         if !c.env.iter().any(|(k, _)| k == "HOSTNAME") {
             env.push(format!("HOSTNAME={}", sb.hostname));
+        }
+        if c.tty && !c.env.iter().any(|(k, _)| k == "TERM") {
+            env.push("TERM=xterm".into());
         }
         process.set_env(Some(env));
         process.set_cwd(if c.working_dir.is_empty() {
@@ -1050,6 +1077,8 @@ impl ContainerRuntime for LinuxRuntime {
             overlay,
             owned_dirs: owned.clone(),
             log,
+            stdin: config.stdin,
+            stdin_once: config.stdin_once,
         };
         let reply = inner.monitor.call(&req).await.map(|(r, _)| r);
         match reply {
@@ -1348,116 +1377,61 @@ impl ContainerRuntime for LinuxRuntime {
                 stdin: request.stdin,
             },
         };
-        let unavailable = |e: std::io::Error| {
-            BackendError::new(
-                ErrorKind::Unavailable,
-                op,
-                container_id,
-                format!("monitor: {e}"),
-            )
-        };
-        let stream = self
-            .inner
-            .monitor
-            .send(&req)
-            .await
-            .map_err(|e| backend(op, container_id, e))?;
-        // The first reply carries descriptors: read it with recvmsg on a blocking socket.
-        let std_stream = stream.into_std().map_err(unavailable)?;
-        std_stream.set_nonblocking(false).map_err(unavailable)?;
-        let (reply, mut fds, rest, std_stream) = tokio::task::spawn_blocking(move || {
-            crate::session::read_reply_with_fds(&std_stream)
-                .map(|(r, f, rest)| (r, f, rest, std_stream))
-        })
-        .await
-        .map_err(|e| BackendError::new(ErrorKind::Internal, op, container_id, e.to_string()))?
-        .map_err(unavailable)?;
+        let (reply, fds, rest, stream) = self.inner.open_session(op, container_id, &req).await?;
         exec_started(op, container_id, reply)?;
         let expected = if request.tty {
             1
         } else {
             2 + usize::from(request.stdin)
         };
-        if fds.len() != expected {
-            return Err(BackendError::new(
-                ErrorKind::Internal,
-                op,
-                container_id,
-                format!(
-                    "the monitor sent {} descriptors, expected {expected}",
-                    fds.len()
-                ),
-            ));
-        }
-        let wrap = |fd: std::os::fd::OwnedFd| {
-            crate::session::FdStream::new(fd).map_err(|e| {
-                BackendError::new(ErrorKind::Internal, op, container_id, e.to_string())
-            })
-        };
-        let mut session = ExecSession {
-            stdin: None,
-            stdout: None,
-            stderr: None,
-            resize: None,
-            wait: Box::pin(async { Ok(0) }),
-        };
-        if request.tty {
-            let master = fds.remove(0);
-            let dup = |fd: &std::os::fd::OwnedFd| {
-                fd.try_clone().map_err(|e| {
-                    BackendError::new(ErrorKind::Internal, op, container_id, e.to_string())
-                })
-            };
-            session.resize = Some(crate::session::resize_task(dup(&master)?));
-            if request.stdin {
-                session.stdin = Some(Box::pin(wrap(dup(&master)?)?));
-            }
-            session.stdout = Some(Box::pin(wrap(master)?));
-        } else {
-            let mut it = fds.into_iter();
-            session.stdout = it.next().map(wrap).transpose()?.map(|s| Box::pin(s) as _);
-            session.stderr = it.next().map(wrap).transpose()?.map(|s| Box::pin(s) as _);
-            session.stdin = it.next().map(wrap).transpose()?.map(|s| Box::pin(s) as _);
-        }
-        std_stream.set_nonblocking(true).map_err(unavailable)?;
-        let stream = tokio::net::UnixStream::from_std(std_stream).map_err(unavailable)?;
-        let id = container_id.to_string();
-        session.wait = Box::pin(async move {
-            let mut reader = tokio::io::BufReader::new(tokio::io::AsyncReadExt::chain(
-                std::io::Cursor::new(rest),
-                stream,
-            ));
-            let mut line = String::new();
-            loop {
-                line.clear();
-                let n = tokio::io::AsyncBufReadExt::read_line(&mut reader, &mut line)
-                    .await
-                    .map_err(|e| {
-                        BackendError::new(ErrorKind::Unavailable, "exec", &id, e.to_string())
-                    })?;
-                if n == 0 {
-                    return Err(BackendError::new(
-                        ErrorKind::Unavailable,
-                        "exec",
-                        &id,
-                        "the monitor closed the session before the process ended",
-                    ));
-                }
-                if let Ok(Reply::ExecDone { code, .. }) = serde_json::from_str(&line) {
-                    return Ok(code);
-                }
-            }
-        });
-        Ok(session)
+        session(
+            op,
+            container_id,
+            fds,
+            expected,
+            request.tty,
+            request.stdin,
+            rest,
+            stream,
+        )
     }
 
     async fn attach(&self, container_id: &str) -> BackendResult<ExecSession> {
-        Err(BackendError::new(
-            ErrorKind::Unsupported,
-            "attach",
+        let op = "attach";
+        let req = Request::Attach {
+            id: container_id.into(),
+        };
+        let (reply, fds, rest, stream) = self.inner.open_session(op, container_id, &req).await?;
+        let (terminal, stdin) = match reply {
+            Reply::Attached { terminal, stdin } => (terminal, stdin),
+            Reply::Error { kind, message } => {
+                return Err(backend(
+                    op,
+                    container_id,
+                    client::reply_error(kind, message),
+                ))
+            }
+            other => {
+                return Err(BackendError::new(
+                    ErrorKind::Internal,
+                    op,
+                    container_id,
+                    format!("unexpected reply {other:?}"),
+                ))
+            }
+        };
+        // The output pipe, then the pty master or the stderr pipe (and stdin).
+        let expected = if terminal { 2 } else { 2 + usize::from(stdin) };
+        session(
+            op,
             container_id,
-            "attach is not implemented by the linux runtime yet; read logs",
-        ))
+            fds,
+            expected,
+            terminal,
+            stdin,
+            rest,
+            stream,
+        )
     }
 
     async fn logs(&self, container_id: &str, options: &LogOptions) -> BackendResult<LogStreamOf> {
@@ -1556,6 +1530,98 @@ impl ContainerRuntime for LinuxRuntime {
             }
         }))
     }
+}
+
+/// Builds an [`ExecSession`] from the descriptors of an `exec_started` or `attached`
+/// reply: with a terminal the last one is the pty master (resize, and input with
+/// `stdin`) and the output is the one before it, or the master itself when alone;
+/// without, stdout, stderr and, with `stdin`, stdin. `wait` reads the connection's
+/// `exec_done` (`rest` holds bytes already read past the first reply).
+#[allow(clippy::too_many_arguments)]
+fn session(
+    op: &'static str,
+    id: &str,
+    mut fds: Vec<OwnedFd>,
+    expected: usize,
+    terminal: bool,
+    stdin: bool,
+    rest: Vec<u8>,
+    stream: std::os::unix::net::UnixStream,
+) -> BackendResult<ExecSession> {
+    let internal =
+        |e: std::io::Error| BackendError::new(ErrorKind::Internal, op, id, e.to_string());
+    if fds.len() != expected {
+        return Err(BackendError::new(
+            ErrorKind::Internal,
+            op,
+            id,
+            format!(
+                "the monitor sent {} descriptors, expected {expected}",
+                fds.len()
+            ),
+        ));
+    }
+    let wrap = |fd: OwnedFd| -> BackendResult<Pin<Box<FdStream>>> {
+        FdStream::new(fd).map(Box::pin).map_err(internal)
+    };
+    let mut session = ExecSession {
+        stdin: None,
+        stdout: None,
+        stderr: None,
+        resize: None,
+        wait: Box::pin(async { Ok(0) }),
+    };
+    if terminal {
+        let master = fds.pop().expect("counted");
+        let output = match fds.pop() {
+            Some(out) => out,
+            None => master.try_clone().map_err(internal)?,
+        };
+        session.resize = Some(crate::session::resize_task(
+            master.try_clone().map_err(internal)?,
+        ));
+        session.stdout = Some(wrap(output)? as _);
+        if stdin {
+            session.stdin = Some(wrap(master)? as _);
+        }
+    } else {
+        let mut it = fds.into_iter();
+        session.stdout = it.next().map(wrap).transpose()?.map(|s| s as _);
+        session.stderr = it.next().map(wrap).transpose()?.map(|s| s as _);
+        session.stdin = it.next().map(wrap).transpose()?.map(|s| s as _);
+    }
+    stream.set_nonblocking(true).map_err(internal)?;
+    let stream = tokio::net::UnixStream::from_std(stream).map_err(internal)?;
+    let id = id.to_string();
+    session.wait = Box::pin(async move {
+        let mut reader = tokio::io::BufReader::new(tokio::io::AsyncReadExt::chain(
+            std::io::Cursor::new(rest),
+            stream,
+        ));
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = tokio::io::AsyncBufReadExt::read_line(&mut reader, &mut line)
+                .await
+                .map_err(|e| BackendError::new(ErrorKind::Unavailable, op, &id, e.to_string()))?;
+            if n == 0 {
+                return Err(BackendError::new(
+                    ErrorKind::Unavailable,
+                    op,
+                    &id,
+                    "the monitor closed the session before the process ended",
+                ));
+            }
+            match serde_json::from_str(&line) {
+                Ok(Reply::ExecDone { code, .. }) => return Ok(code),
+                Ok(Reply::Error { kind, message }) => {
+                    return Err(backend(op, &id, client::reply_error(kind, message)))
+                }
+                _ => {}
+            }
+        }
+    });
+    Ok(session)
 }
 
 fn read_from(path: &Path, offset: u64) -> String {

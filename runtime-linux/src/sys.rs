@@ -545,3 +545,10 @@ pub fn flock_exclusive_nonblocking(fd: BorrowedFd<'_>) -> io::Result<bool> {
         Err(e) => Err(e),
     }
 }
+
+/// `F_SETPIPE_SZ`: asks for a pipe buffer of `bytes` (rounded up by the kernel, capped
+/// by `/proc/sys/fs/pipe-max-size` without `CAP_SYS_RESOURCE`).
+pub fn set_pipe_size(fd: BorrowedFd<'_>, bytes: i32) -> io::Result<()> {
+    // SAFETY: fcntl on a valid descriptor, the size passed by value.
+    check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, bytes) }).map(drop)
+}

@@ -658,3 +658,253 @@ async fn interactive_exec_with_and_without_tty() {
     env.rt().remove_container(&id).await.unwrap();
     env.finish().await;
 }
+
+/// Descriptors the monitor of `env` holds open, once connections just closed are gone.
+async fn monitor_fds_settled(env: &Env) -> usize {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    monitor_fds(env)
+}
+
+/// Descriptors the monitor of `env` holds open.
+fn monitor_fds(env: &Env) -> usize {
+    let pid = wharf_runtime_linux::monitor::running_pid(&env.dir.path().join("state/containers"))
+        .expect("monitor runs");
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// Waits until the monitor holds `before` descriptors again (closed connections are
+/// noticed on its next poll): nothing an attach made is left open.
+async fn assert_monitor_fds(env: &Env, before: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = monitor_fds(env);
+        if now == before {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the monitor holds {now} descriptors, {before} before: leaked"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Reads `r` to its end (with a timeout), `\r` removed.
+async fn read_all<R: tokio::io::AsyncRead + Unpin + ?Sized>(r: &mut R) -> String {
+    read_until(r, "\u{0}").await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn attach_streams_output_to_several_attachers_until_exit() {
+    let env = Env::new("attach-out").await;
+    let fds_before = monitor_fds_settled(&env).await;
+    let cfg = env.config(
+        "ticker",
+        &[
+            "sh",
+            "-c",
+            "i=0; while [ $i -lt 30 ]; do echo line$i; echo err$i >&2; i=$((i+1)); sleep 0.1; done; exit 7",
+        ],
+    );
+    let id = env.start(&cfg).await;
+    let mut a = env.rt().attach(&id).await.unwrap();
+    assert!(a.stdin.is_none(), "created without stdin");
+    assert!(a.resize.is_none(), "no terminal");
+    let mut a_out = a.stdout.take().unwrap();
+    let first = read_until(&mut a_out, "\n").await;
+    let first_n: u32 = first
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .strip_prefix("line")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{first:?}"));
+
+    // A second attacher gets the same output from the moment it attaches.
+    let mut b = env.rt().attach(&id).await.unwrap();
+    let seen_by_b = read_until(b.stdout.as_mut().unwrap(), "\n").await;
+    assert!(seen_by_b.starts_with("line"), "{seen_by_b:?}");
+    // Detaching one leaves the container and the other attacher undisturbed.
+    drop(b);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let st = env.rt().container_status(&id).await.unwrap();
+    assert_eq!(st.state, ContainerState::Running, "{st:?}");
+
+    let rest = read_all(&mut a_out).await;
+    let err = read_all(a.stderr.as_mut().unwrap()).await;
+    assert_eq!(a.wait.await.unwrap(), 7);
+    // Every line from the first one received on, none lost, in order.
+    let got: Vec<String> = format!("{first}{rest}")
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let want: Vec<String> = (first_n..30).map(|i| format!("line{i}")).collect();
+    assert_eq!(got, want);
+    let b_first = seen_by_b.lines().next().unwrap_or_default().to_string();
+    assert!(got.contains(&b_first), "{b_first:?} not in {got:?}");
+    assert!(err.ends_with("err29\n"), "{err}");
+
+    // The log still has everything, from before the attach too.
+    let st = env.wait_exit(&id).await;
+    assert_eq!(st.exit_code, Some(7));
+    let logs = env.logs(&id).await;
+    for i in 0..30 {
+        assert!(logs.contains(&format!("line{i}\n")), "{logs}");
+        assert!(logs.contains(&format!("err{i}\n")), "{logs}");
+    }
+    // An exited container cannot be attached to.
+    let e = env.rt().attach(&id).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::FailedPrecondition, "{e}");
+    env.rt().remove_container(&id).await.unwrap();
+    assert_monitor_fds(&env, fds_before).await;
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn attach_writes_stdin_across_sessions_and_stdin_once_closes_it() {
+    use tokio::io::AsyncWriteExt;
+    let env = Env::new("attach-in").await;
+    let fds_before = monitor_fds_settled(&env).await;
+
+    // stdin kept open across attach sessions (and across a new LinuxRuntime on the
+    // same root: the monitor, not the program, holds the pipe).
+    let mut cfg = env.config(
+        "echoer",
+        &["sh", "-c", "while read l; do echo got $l; done; echo eof"],
+    );
+    cfg.stdin = true;
+    let id = env.start(&cfg).await;
+    let mut s = env.rt().attach(&id).await.unwrap();
+    let mut input = s.stdin.take().expect("stdin is open");
+    input.write_all(b"one\n").await.unwrap();
+    assert_eq!(
+        read_until(s.stdout.as_mut().unwrap(), "got one\n").await,
+        "got one\n"
+    );
+    drop(input);
+    drop(s);
+    let rt2 = LinuxRuntime::new(LinuxRuntimeOptions {
+        root: env.dir.path().join("state"),
+        monitor_binary: env!("CARGO_BIN_EXE_wharf-runc").into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut s = rt2.attach(&id).await.unwrap();
+    let st = rt2.container_status(&id).await.unwrap();
+    assert_eq!(
+        st.state,
+        ContainerState::Running,
+        "closing one session's stdin keeps it open"
+    );
+    s.stdin.as_mut().unwrap().write_all(b"two\n").await.unwrap();
+    assert_eq!(
+        read_until(s.stdout.as_mut().unwrap(), "got two\n").await,
+        "got two\n"
+    );
+    drop(rt2);
+    env.rt().kill_container(&id, libc::SIGKILL).await.unwrap();
+    assert_eq!(s.wait.await.unwrap(), 128 + libc::SIGKILL);
+    env.wait_exit(&id).await;
+    let logs = env.logs(&id).await;
+    assert_eq!(logs, "got one\ngot two\n");
+    env.rt().remove_container(&id).await.unwrap();
+
+    // stdin_once: the first attacher's stdin is the pipe itself; closing it is EOF.
+    let mut cfg = env.config("cat", &["cat"]);
+    cfg.stdin = true;
+    cfg.stdin_once = true;
+    let id = env.start(&cfg).await;
+    let mut s = env.rt().attach(&id).await.unwrap();
+    let mut input = s.stdin.take().expect("stdin is open");
+    input.write_all(b"hello cat\n").await.unwrap();
+    let mut out = s.stdout.take().unwrap();
+    assert_eq!(read_until(&mut out, "hello cat\n").await, "hello cat\n");
+    drop(input);
+    assert_eq!(read_all(&mut out).await, "");
+    assert_eq!(s.wait.await.unwrap(), 0);
+    assert_eq!(env.wait_exit(&id).await.exit_code, Some(0));
+    assert_eq!(env.logs(&id).await, "hello cat\n");
+    env.rt().remove_container(&id).await.unwrap();
+
+    // Without a log, stdin or a terminal the output is discarded: nothing to attach to.
+    let mut cfg = env.config("quiet", &["sleep", "100"]);
+    cfg.log_path = None;
+    let id = env.start(&cfg).await;
+    let e = env.rt().attach(&id).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::FailedPrecondition, "{e}");
+    env.rt().kill_container(&id, libc::SIGKILL).await.unwrap();
+    env.wait_exit(&id).await;
+    env.rt().remove_container(&id).await.unwrap();
+    let e = env.rt().attach("no-such-container").await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::NotFound, "{e}");
+
+    assert_monitor_fds(&env, fds_before).await;
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tty_container_is_logged_attached_and_resized() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = Env::new("attach-tty").await;
+    let fds_before = monitor_fds_settled(&env).await;
+    let mut cfg = env.config(
+        "term",
+        &[
+            "sh",
+            "-c",
+            "read x; tty; echo term=$TERM; stty size; while read x; do stty size; done; exit 5",
+        ],
+    );
+    cfg.tty = true;
+    cfg.stdin = true;
+    let id = env.start(&cfg).await;
+    let mut s = env.rt().attach(&id).await.unwrap();
+    assert!(s.stderr.is_none(), "a terminal is one stream");
+    let resize = s.resize.take().expect("a terminal can be resized");
+    let mut input = s.stdin.take().expect("stdin is open");
+    let mut out = s.stdout.take().unwrap();
+    resize.send((100, 40)).await.unwrap();
+    // The resize is applied by a task: press enter until the new size shows.
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !String::from_utf8_lossy(&seen).contains("40 100") {
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            String::from_utf8_lossy(&seen)
+        );
+        input.write_all(b"\n").await.unwrap();
+        let mut buf = [0u8; 1024];
+        if let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(300), out.read(&mut buf)).await
+        {
+            seen.extend_from_slice(&buf[..n]);
+        }
+    }
+    let text = String::from_utf8_lossy(&seen).replace('\r', "");
+    assert!(text.contains("/dev/pts/"), "{text}");
+    assert!(text.contains("term=xterm"), "{text}");
+    // ^D at the start of a line: end of file for `read`.
+    input.write_all(b"\x04").await.unwrap();
+    read_all(&mut out).await;
+    assert_eq!(s.wait.await.unwrap(), 5);
+    assert_eq!(env.wait_exit(&id).await.exit_code, Some(5));
+    let logs = env.logs(&id).await.replace('\r', "");
+    assert!(logs.contains("/dev/pts/"), "{logs}");
+    assert!(logs.contains("40 100"), "{logs}");
+    let mut stream = env.rt().logs(&id, &LogOptions::default()).await.unwrap();
+    while let Some(l) = stream.next().await {
+        assert_eq!(
+            l.unwrap().stream,
+            wharf_core::backend::runtime::LogStream::Stdout
+        );
+    }
+    drop(stream);
+    env.rt().remove_container(&id).await.unwrap();
+    drop((input, resize));
+    assert_monitor_fds(&env, fds_before).await;
+    env.finish().await;
+}
