@@ -1307,3 +1307,88 @@ pub fn read_reply(stream: &mut io::BufReader<UnixStream>) -> io::Result<Reply> {
     }
     serde_json::from_str(&line).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attacher(client: usize) -> (Attacher, OwnedFd, OwnedFd) {
+        let (out_r, out_w) = sys::pipe().unwrap();
+        let (err_r, err_w) = sys::pipe().unwrap();
+        for w in [&out_w, &err_w] {
+            sys::set_nonblocking(w.as_fd(), true).unwrap();
+        }
+        let a = Attacher {
+            client,
+            out: Some(out_w.into()),
+            err: Some(err_w.into()),
+        };
+        (a, out_r, err_r)
+    }
+
+    fn io_with(attachers: Vec<Attacher>) -> ContainerIo {
+        ContainerIo {
+            input: None,
+            console: None,
+            stdin: false,
+            stdin_once: false,
+            attachers,
+        }
+    }
+
+    fn read_now(fd: OwnedFd) -> Vec<u8> {
+        sys::set_nonblocking(fd.as_fd(), true).unwrap();
+        let mut out = Vec::new();
+        let _ = std::fs::File::from(fd).read_to_end(&mut out);
+        out
+    }
+
+    #[test]
+    fn output_reaches_every_attacher_on_its_stream() {
+        let (a, a_out, a_err) = attacher(1);
+        let (b, b_out, b_err) = attacher(2);
+        let mut io = io_with(vec![a, b]);
+        assert!(io.fan_out(Stream::Stdout, b"out\n").is_empty());
+        assert!(io.fan_out(Stream::Stderr, b"err\n").is_empty());
+        drop(io);
+        assert_eq!(read_now(a_out), b"out\n");
+        assert_eq!(read_now(a_err), b"err\n");
+        assert_eq!(read_now(b_out), b"out\n");
+        assert_eq!(read_now(b_err), b"err\n");
+    }
+
+    #[test]
+    fn a_lagging_attacher_is_detached_and_a_closed_stream_dropped() {
+        let (slow, _slow_out, _slow_err) = attacher(1);
+        let (gone, gone_out, _gone_err) = attacher(2);
+        let (ok, ok_out, _ok_err) = attacher(3);
+        drop(gone_out);
+        let mut io = io_with(vec![slow, gone, ok]);
+        // Keep the third attacher reading; the first never reads: once its pipe is
+        // full it is detached, and the others are undisturbed.
+        let mut reader = std::fs::File::from(ok_out);
+        sys::set_nonblocking(reader.as_fd(), true).unwrap();
+        let chunk = vec![b'x'; 16 * 1024];
+        let mut lagging = Vec::new();
+        let mut received = 0;
+        for _ in 0..4096 {
+            lagging = io.fan_out(Stream::Stdout, &chunk);
+            let mut buf = vec![0u8; 64 * 1024];
+            while let Ok(n) = reader.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                received += n;
+            }
+            if !lagging.is_empty() {
+                break;
+            }
+        }
+        assert_eq!(lagging, vec![1]);
+        let clients: Vec<usize> = io.attachers.iter().map(|a| a.client).collect();
+        assert_eq!(clients, vec![2, 3]);
+        // The closed stream is forgotten, the attacher kept (it still gets the code).
+        assert!(io.attachers[0].out.is_none() && io.attachers[0].err.is_some());
+        assert!(received > 64 * 1024);
+    }
+}

@@ -15,9 +15,14 @@ use crate::monitor::Reply;
 
 /// A non-blocking descriptor (pipe end or pty master) as an async byte stream.
 /// A pty master reports `EIO` once the terminal's last user is gone: that reads as
-/// end of file.
+/// end of file. Shutting it down closes the descriptor (so a process reading the other
+/// end of a stdin pipe sees end of file).
 pub struct FdStream {
-    fd: AsyncFd<std::fs::File>,
+    fd: Option<AsyncFd<std::fs::File>>,
+}
+
+fn closed() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "the stream was shut down")
 }
 
 impl FdStream {
@@ -29,7 +34,7 @@ impl FdStream {
         // life, so the descriptor stays open and the same.
         let fd = unsafe { AsyncFd::register(file) }
             .map_err(|e| io::Error::other(format!("register with the reactor: {e}")))?;
-        Ok(FdStream { fd })
+        Ok(FdStream { fd: Some(fd) })
     }
 }
 
@@ -40,7 +45,8 @@ impl AsyncRead for FdStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         loop {
-            let mut guard = ready!(self.fd.poll_read_ready(cx))?;
+            let fd = self.fd.as_ref().ok_or_else(closed)?;
+            let mut guard = ready!(fd.poll_read_ready(cx))?;
             let unfilled = buf.initialize_unfilled();
             match guard.try_io(|f| io::Read::read(&mut f.get_ref(), unfilled)) {
                 Ok(Ok(n)) => {
@@ -62,7 +68,8 @@ impl AsyncWrite for FdStream {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         loop {
-            let mut guard = ready!(self.fd.poll_write_ready(cx))?;
+            let fd = self.fd.as_ref().ok_or_else(closed)?;
+            let mut guard = ready!(fd.poll_write_ready(cx))?;
             match guard.try_io(|f| io::Write::write(&mut f.get_ref(), buf)) {
                 Ok(r) => return Poll::Ready(r),
                 Err(_would_block) => continue,
@@ -74,7 +81,8 @@ impl AsyncWrite for FdStream {
         Poll::Ready(Ok(()))
     }
 
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.fd = None;
         Poll::Ready(Ok(()))
     }
 }

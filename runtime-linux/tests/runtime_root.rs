@@ -822,7 +822,8 @@ async fn attach_writes_stdin_across_sessions_and_stdin_once_closes_it() {
     input.write_all(b"hello cat\n").await.unwrap();
     let mut out = s.stdout.take().unwrap();
     assert_eq!(read_until(&mut out, "hello cat\n").await, "hello cat\n");
-    drop(input);
+    // Shutting stdin down closes it (as dropping it would).
+    input.shutdown().await.unwrap();
     assert_eq!(read_all(&mut out).await, "");
     assert_eq!(s.wait.await.unwrap(), 0);
     assert_eq!(env.wait_exit(&id).await.exit_code, Some(0));
@@ -906,5 +907,37 @@ async fn tty_container_is_logged_attached_and_resized() {
     env.rt().remove_container(&id).await.unwrap();
     drop((input, resize));
     assert_monitor_fds(&env, fds_before).await;
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn attach_after_the_monitor_died_is_refused_clearly() {
+    let env = Env::new("attach-monitor").await;
+    let mut cfg = env.config("survivor", &["sleep", "100"]);
+    cfg.stdin = true;
+    let id = env.start(&cfg).await;
+    let containers = env.dir.path().join("state/containers");
+    let old = wharf_runtime_linux::monitor::running_pid(&containers).expect("monitor runs");
+    // The monitor holds the container's stdio; killing it loses them (documented).
+    wharf_runtime_linux::sys::kill(old, libc::SIGKILL).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        // The runtime's event subscription restarts a monitor, which re-adopts.
+        if let Some(pid) = wharf_runtime_linux::monitor::running_pid(&containers) {
+            if pid != old {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "no new monitor");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let st = env.rt().container_status(&id).await.unwrap();
+    assert_eq!(st.state, ContainerState::Running, "{st:?}");
+    let e = env.rt().attach(&id).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::FailedPrecondition, "{e}");
+    assert!(e.to_string().contains("earlier monitor"), "{e}");
+    env.rt().kill_container(&id, libc::SIGKILL).await.unwrap();
+    env.wait_exit(&id).await;
+    env.rt().remove_container(&id).await.unwrap();
     env.finish().await;
 }
