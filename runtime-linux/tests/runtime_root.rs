@@ -813,21 +813,26 @@ async fn attach_writes_stdin_across_sessions_and_stdin_once_closes_it() {
     env.rt().remove_container(&id).await.unwrap();
 
     // stdin_once: the first attacher's stdin is the pipe itself; closing it is EOF.
-    let mut cfg = env.config("cat", &["cat"]);
+    // Attached before it starts (`kubectl run -i`): nothing of its output is missed.
+    let mut cfg = env.config("cat", &["sh", "-c", "echo ready; exec cat"]);
     cfg.stdin = true;
     cfg.stdin_once = true;
-    let id = env.start(&cfg).await;
+    let id = env.rt().create_container(&env.sandbox, &cfg).await.unwrap();
     let mut s = env.rt().attach(&id).await.unwrap();
+    env.rt().start_container(&id).await.unwrap();
     let mut input = s.stdin.take().expect("stdin is open");
     input.write_all(b"hello cat\n").await.unwrap();
     let mut out = s.stdout.take().unwrap();
-    assert_eq!(read_until(&mut out, "hello cat\n").await, "hello cat\n");
+    assert_eq!(
+        read_until(&mut out, "hello cat\n").await,
+        "ready\nhello cat\n"
+    );
     // Shutting stdin down closes it (as dropping it would).
     input.shutdown().await.unwrap();
     assert_eq!(read_all(&mut out).await, "");
     assert_eq!(s.wait.await.unwrap(), 0);
     assert_eq!(env.wait_exit(&id).await.exit_code, Some(0));
-    assert_eq!(env.logs(&id).await, "hello cat\n");
+    assert_eq!(env.logs(&id).await, "ready\nhello cat\n");
     env.rt().remove_container(&id).await.unwrap();
 
     // Without a log, stdin or a terminal the output is discarded: nothing to attach to.
