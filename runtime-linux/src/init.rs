@@ -5,8 +5,12 @@
 //! program talks to over a socket. The forked child may therefore run ordinary Rust code
 //! (allocate, format errors) while it builds the container, and no helper binary is
 //! re-executed inside the container: the only program ever exec'd there is the user's.
-//! The child marks itself non-dumpable at once, so a container process can never open
-//! its `/proc/<pid>/exe` (CVE-2019-5736), and every descriptor from 3 up (beyond
+//! Right after the fork the child installs its stdio and closes every other descriptor
+//! of the parent's (beyond `preserve_fds` and its setup socket, with async-signal-safe
+//! syscalls only): a child of the monitor waiting to be started must not hold other
+//! containers' stdin pipes, pty masters or attachers' pipes, or they would never see
+//! end of file. It then marks itself non-dumpable, so a container process can never
+//! open its `/proc/<pid>/exe` (CVE-2019-5736), and every descriptor from 3 up (beyond
 //! `preserve_fds`) is made close-on-exec right before `execve` (CVE-2024-21626).
 //!
 //! Sequence (C1 = forked child, C2 = its child when a pid namespace is involved):
@@ -233,7 +237,16 @@ pub fn spawn_with(
     match forked.map_err(|e| Error::os(&plan.id, "fork", e))? {
         Fork::Child => {
             drop(parent_sock);
-            let err = match child(plan, &child_sock, pid_ns_by_parent) {
+            // Hold nothing of the parent's from here on: a monitor's child would
+            // otherwise keep other containers' stdin pipes, pty masters and attachers'
+            // pipes open (no end of file for them) for as long as it waits to start.
+            let first_free = 3 + plan.process.preserve_fds as RawFd;
+            let (sock, kept) = sys::keep_only(&plan.stdio, child_sock.into(), first_free);
+            let child_sock = UnixDatagram::from(sock);
+            let res = kept
+                .step(|| "keep only the container's descriptors".into())
+                .and_then(|()| child(plan, &child_sock, pid_ns_by_parent));
+            let err = match res {
                 Ok(never) => match never {},
                 Err(e) => e,
             };
@@ -432,11 +445,6 @@ fn child(
 ) -> StepResult<std::convert::Infallible> {
     sys::prctl(libc::PR_SET_DUMPABLE, 0, 0).step(|| "set non-dumpable".into())?;
     sys::reset_signals();
-    for (i, fd) in plan.stdio.iter().enumerate() {
-        if let Some(fd) = fd {
-            sys::dup_to(*fd, i as RawFd).step(|| format!("install stdio fd {i}"))?;
-        }
-    }
     if let Some(adj) = plan.oom_score_adj {
         std::fs::write("/proc/self/oom_score_adj", adj.to_string())
             .step(|| "write oom_score_adj".into())?;

@@ -930,11 +930,17 @@ impl Monitor {
                     operation: "attach",
                 });
             }
+            // Re-adopted at our start: its stdio died with the monitor that made it.
+            let adopted = self.adopted.values().any(|(_, c)| c == id);
+            let reason = if adopted {
+                "its stdio was held by an earlier monitor, which exited; this one only \
+                 watches it (the log stopped too)"
+            } else {
+                "its output is not captured (created without a log path, stdin or a terminal)"
+            };
             return Err(Error::NotAttachable {
                 id: id.into(),
-                reason: "its output is not captured (created without a log path, stdin or a \
-                         terminal), or an earlier monitor held its stdio"
-                    .into(),
+                reason: reason.into(),
             });
         };
         let os = |what: &str, e| Error::os(id, what.to_string(), e);

@@ -187,6 +187,56 @@ pub fn cloexec_from(first: u32) -> io::Result<()> {
     .map(drop)
 }
 
+/// For a freshly forked child, before anything else: installs `stdio` as descriptors
+/// 0-2, moves `keep` to descriptor `first_free` (close-on-exec) and closes every
+/// descriptor above it, so the child holds nothing of its parent's but those and the
+/// ones below `first_free` (`preserve_fds`). Only `fcntl`, `dup3`, `close` and
+/// `close_range`: async-signal-safe, nothing allocates. Returns `keep` wherever it is
+/// (at `first_free` on success), so a failure can still be reported through it.
+pub fn keep_only(
+    stdio: &[Option<RawFd>; 3],
+    keep: OwnedFd,
+    first_free: RawFd,
+) -> (OwnedFd, io::Result<()>) {
+    let mut keep = keep;
+    // Out of the way of stdio and the preserved descriptors first.
+    if keep.as_raw_fd() < first_free {
+        // SAFETY: fcntl on a valid descriptor; the result is a fresh descriptor.
+        match check(unsafe { libc::fcntl(keep.as_raw_fd(), libc::F_DUPFD_CLOEXEC, first_free) }) {
+            // SAFETY: `moved` is a fresh descriptor we own.
+            Ok(moved) => keep = unsafe { OwnedFd::from_raw_fd(moved) },
+            Err(e) => return (keep, Err(e)),
+        }
+    }
+    for (i, fd) in stdio.iter().enumerate() {
+        if let Some(fd) = fd {
+            if let Err(e) = dup_to(*fd, i as RawFd) {
+                return (keep, Err(e));
+            }
+        }
+    }
+    if keep.as_raw_fd() != first_free {
+        // SAFETY: both are descriptor numbers; whatever `first_free` held is one of
+        // the parent's descriptors we close anyway.
+        match check(unsafe { libc::dup3(keep.as_raw_fd(), first_free, libc::O_CLOEXEC) }) {
+            // SAFETY: dup3 made `first_free` a descriptor we now own.
+            Ok(_) => keep = unsafe { OwnedFd::from_raw_fd(first_free) },
+            Err(e) => return (keep, Err(e)),
+        }
+    }
+    // SAFETY: plain syscall with integer arguments; nothing of ours lives above
+    // `first_free` any more.
+    let closed = check_long(unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            (first_free + 1) as libc::c_uint,
+            u32::MAX,
+            0,
+        )
+    });
+    (keep, closed.map(drop))
+}
+
 /// `prctl(2)` with integer arguments.
 pub fn prctl(
     option: libc::c_int,

@@ -691,9 +691,24 @@ async fn assert_monitor_fds(env: &Env, before: usize) {
     }
 }
 
-/// Reads `r` to its end (with a timeout), `\r` removed.
+/// Reads `r` to its end, `\r` removed; fails if the end of file does not come within
+/// 10 s of the last data (someone still holds the writing end).
 async fn read_all<R: tokio::io::AsyncRead + Unpin + ?Sized>(r: &mut R) -> String {
-    read_until(r, "\u{0}").await
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), r.read(&mut buf)).await {
+            Ok(Ok(0)) => break,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Ok(Err(e)) => panic!("read failed: {e}"),
+            Err(_) => panic!(
+                "no end of file within 10 s; read so far: {:?}",
+                String::from_utf8_lossy(&out)
+            ),
+        }
+    }
+    String::from_utf8_lossy(&out).replace('\r', "")
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -723,12 +738,14 @@ async fn attach_streams_output_to_several_attachers_until_exit() {
         .unwrap_or_else(|| panic!("{first:?}"));
 
     // A second attacher gets the same output from the moment it attaches.
+    let fds_before_b = monitor_fds_settled(&env).await;
     let mut b = env.rt().attach(&id).await.unwrap();
     let seen_by_b = read_until(b.stdout.as_mut().unwrap(), "\n").await;
     assert!(seen_by_b.starts_with("line"), "{seen_by_b:?}");
-    // Detaching one leaves the container and the other attacher undisturbed.
+    // Detaching one leaves the container and the other attacher undisturbed, and
+    // the monitor forgets everything of it (while the container still runs).
     drop(b);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_monitor_fds(&env, fds_before_b).await;
     let st = env.rt().container_status(&id).await.unwrap();
     assert_eq!(st.state, ContainerState::Running, "{st:?}");
 
@@ -776,6 +793,7 @@ async fn attach_writes_stdin_across_sessions_and_stdin_once_closes_it() {
     );
     cfg.stdin = true;
     let id = env.start(&cfg).await;
+    let fds_before_s = monitor_fds_settled(&env).await;
     let mut s = env.rt().attach(&id).await.unwrap();
     let mut input = s.stdin.take().expect("stdin is open");
     input.write_all(b"one\n").await.unwrap();
@@ -785,6 +803,7 @@ async fn attach_writes_stdin_across_sessions_and_stdin_once_closes_it() {
     );
     drop(input);
     drop(s);
+    assert_monitor_fds(&env, fds_before_s).await;
     let rt2 = LinuxRuntime::new(LinuxRuntimeOptions {
         root: env.dir.path().join("state"),
         monitor_binary: env!("CARGO_BIN_EXE_wharf-runc").into(),
@@ -841,6 +860,8 @@ async fn attach_writes_stdin_across_sessions_and_stdin_once_closes_it() {
     let id = env.start(&cfg).await;
     let e = env.rt().attach(&id).await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::FailedPrecondition, "{e}");
+    assert!(e.to_string().contains("not captured"), "{e}");
+    assert!(!e.to_string().contains("earlier monitor"), "{e}");
     env.rt().kill_container(&id, libc::SIGKILL).await.unwrap();
     env.wait_exit(&id).await;
     env.rt().remove_container(&id).await.unwrap();
@@ -848,6 +869,51 @@ async fn attach_writes_stdin_across_sessions_and_stdin_once_closes_it() {
     assert_eq!(e.kind, ErrorKind::NotFound, "{e}");
 
     assert_monitor_fds(&env, fds_before).await;
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unstarted_containers_hold_no_other_containers_stdio() {
+    use tokio::io::AsyncWriteExt;
+    let env = Env::new("attach-unstarted").await;
+    let mut cfg = env.config("cat", &["sh", "-c", "echo ready; exec cat"]);
+    cfg.stdin = true;
+    cfg.stdin_once = true;
+    let id = env.rt().create_container(&env.sandbox, &cfg).await.unwrap();
+    // Created (not started) while the monitor holds `cat`'s stdin, and after the
+    // attacher's output pipes exist: neither may keep them open.
+    let idle = env.config("idle", &["true"]);
+    let before = env
+        .rt()
+        .create_container(&env.sandbox, &idle)
+        .await
+        .unwrap();
+    let mut s = env.rt().attach(&id).await.unwrap();
+    let idle = env.config("idle-after", &["true"]);
+    let after = env
+        .rt()
+        .create_container(&env.sandbox, &idle)
+        .await
+        .unwrap();
+    env.rt().start_container(&id).await.unwrap();
+    let mut input = s.stdin.take().expect("stdin is open");
+    let mut out = s.stdout.take().unwrap();
+    input.write_all(b"hi\n").await.unwrap();
+    assert_eq!(read_until(&mut out, "hi\n").await, "ready\nhi\n");
+    // stdin_once: closing it is end of file for `cat`, which exits; its attacher
+    // then reads end of file on both streams.
+    drop(input);
+    assert_eq!(read_all(&mut out).await, "");
+    assert_eq!(read_all(s.stderr.as_mut().unwrap()).await, "");
+    assert_eq!(s.wait.await.unwrap(), 0);
+    assert_eq!(env.wait_exit(&id).await.exit_code, Some(0));
+    for c in [&before, &after] {
+        let st = env.rt().container_status(c).await.unwrap();
+        assert_eq!(st.state, ContainerState::Created, "{st:?}");
+    }
+    for c in [id, before, after] {
+        env.rt().remove_container(&c).await.unwrap();
+    }
     env.finish().await;
 }
 
@@ -895,7 +961,12 @@ async fn tty_container_is_logged_attached_and_resized() {
     assert!(text.contains("term=xterm"), "{text}");
     // ^D at the start of a line: end of file for `read`.
     input.write_all(b"\x04").await.unwrap();
-    read_all(&mut out).await;
+    // What remains is the answers to the enters pressed above, then end of file.
+    let rest = read_all(&mut out).await;
+    assert!(
+        rest.lines().all(|l| l.is_empty() || l == "40 100"),
+        "{rest}"
+    );
     assert_eq!(s.wait.await.unwrap(), 5);
     assert_eq!(env.wait_exit(&id).await.exit_code, Some(5));
     let logs = env.logs(&id).await.replace('\r', "");
@@ -941,6 +1012,7 @@ async fn attach_after_the_monitor_died_is_refused_clearly() {
     let e = env.rt().attach(&id).await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::FailedPrecondition, "{e}");
     assert!(e.to_string().contains("earlier monitor"), "{e}");
+    assert!(!e.to_string().contains("not captured"), "{e}");
     env.rt().kill_container(&id, libc::SIGKILL).await.unwrap();
     env.wait_exit(&id).await;
     env.rt().remove_container(&id).await.unwrap();
