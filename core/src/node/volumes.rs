@@ -49,6 +49,11 @@ pub trait InTreeVolumes: Send + Sync + 'static {
     }
     /// Releases what `setup` made. Idempotent.
     async fn teardown(&self, pod: &Pod, volume: &Volume, dir: &Path) -> Result<(), String>;
+    /// Whether set-up volumes have files to keep fresh. When `false`, pods are not
+    /// registered for [`refresh`](Self::refresh) rounds at all.
+    fn refreshes(&self) -> bool {
+        true
+    }
 }
 
 /// An [`InTreeVolumes`] for simulated nodes: every in-tree volume is its directory path,
@@ -63,6 +68,9 @@ impl InTreeVolumes for PathOnlyVolumes {
     }
     async fn teardown(&self, _pod: &Pod, _volume: &Volume, _dir: &Path) -> Result<(), String> {
         Ok(())
+    }
+    fn refreshes(&self) -> bool {
+        false
     }
 }
 
@@ -247,6 +255,9 @@ struct CsiVolume {
     readonly: bool,
     context: StringMap,
     capability: VolumeCapability,
+    /// Where it is staged, for a driver with STAGE_UNSTAGE_VOLUME (asked once, when the
+    /// volume is resolved).
+    staging: Option<PathBuf>,
 }
 
 fn mount_capability(fs_type: Option<String>, mode: AccessMode) -> VolumeCapability {
@@ -343,13 +354,15 @@ impl VolumeHost {
                 .map_or(AccessMode::SingleNodeWriter, |m| {
                     crate::volume::access_mode(m)
                 });
-            return Ok(Some(CsiVolume {
+            let volume = CsiVolume {
                 plugin: self.plugin(&csi.driver)?,
                 volume_id: csi.volume_handle,
                 readonly: claim.read_only.unwrap_or(false) || csi.read_only.unwrap_or(false),
                 context: csi.volume_attributes.unwrap_or_default(),
                 capability: mount_capability(csi.fs_type, mode),
-            }));
+                staging: None,
+            };
+            return self.with_staging(volume, v).await.map(Some);
         }
         if let Some(csi) = &v.csi {
             let mut context = csi.volume_attributes.clone().unwrap_or_default();
@@ -363,7 +376,7 @@ impl VolumeHost {
                 pod.metadata.uid.clone().unwrap_or_default(),
             );
             context.insert("csi.storage.k8s.io/ephemeral".into(), "true".into());
-            return Ok(Some(CsiVolume {
+            let volume = CsiVolume {
                 plugin: self.plugin(&csi.driver)?,
                 volume_id: format!(
                     "csi-{}-{}",
@@ -373,9 +386,24 @@ impl VolumeHost {
                 readonly: csi.read_only.unwrap_or(false),
                 context,
                 capability: mount_capability(csi.fs_type.clone(), AccessMode::SingleNodeWriter),
-            }));
+                staging: None,
+            };
+            return self.with_staging(volume, v).await.map(Some);
         }
         Ok(None)
+    }
+
+    /// Asks the driver whether it stages volumes, and if so, where this one is staged.
+    async fn with_staging(&self, mut csi: CsiVolume, v: &Volume) -> Result<CsiVolume, String> {
+        let caps = csi
+            .plugin
+            .capabilities()
+            .await
+            .map_err(|e| format!("volume {:?}: {e}", v.name))?;
+        csi.staging = caps
+            .stage_unstage
+            .then(|| self.staging_path(csi.plugin.name(), &csi.volume_id));
+        Ok(csi)
     }
 
     /// Sets up every volume of the pod; returns host paths by volume name. On failure,
@@ -400,7 +428,8 @@ impl VolumeHost {
                 }
             }
         }
-        if self.in_tree.is_some() && pod_volumes(pod).any(is_projected) {
+        let refreshes = self.in_tree.as_ref().is_some_and(|hook| hook.refreshes());
+        if refreshes && pod_volumes(pod).any(is_projected) {
             let entry = Arc::new(Projected {
                 pod: Mutex::new(pod.clone()),
                 torn_down: tokio::sync::Mutex::new(false),
@@ -492,20 +521,13 @@ impl VolumeHost {
             return Ok(PathBuf::from(&hp.path));
         }
         if let Some(csi) = self.resolve_csi(store, pod, v).await? {
-            let caps = csi
-                .plugin
-                .capabilities()
-                .await
-                .map_err(|e| format!("volume {:?}: {e}", v.name))?;
-            let staging = caps
-                .stage_unstage
-                .then(|| self.staging_path(csi.plugin.name(), &csi.volume_id));
             let key = (pod.metadata.uid.clone().unwrap_or_default(), v.name.clone());
-            if let Some(staging) = &staging {
+            if let Some(staging) = &csi.staging {
                 let entry = self.staging(&csi);
                 let mut st = entry.lock().await;
                 if !st.staged {
-                    csi.plugin
+                    let staged = csi
+                        .plugin
                         .node_stage(&NodeStageRequest {
                             volume_id: csi.volume_id.clone(),
                             publish_context: StringMap::new(),
@@ -514,8 +536,13 @@ impl VolumeHost {
                             secrets: StringMap::new(),
                             volume_context: csi.context.clone(),
                         })
-                        .await
-                        .map_err(|e| format!("volume {:?}: {e}", v.name))?;
+                        .await;
+                    if let Err(e) = staged {
+                        drop(st);
+                        drop(entry);
+                        self.forget_staging_if_unused(&csi);
+                        return Err(format!("volume {:?}: {e}", v.name));
+                    }
                     st.staged = true;
                 }
                 st.users.insert(key.clone());
@@ -525,7 +552,7 @@ impl VolumeHost {
                 .node_publish(&NodePublishRequest {
                     volume_id: csi.volume_id.clone(),
                     publish_context: StringMap::new(),
-                    staging_path: staging.clone(),
+                    staging_path: csi.staging.clone(),
                     target_path: dir.to_path_buf(),
                     capability: csi.capability.clone(),
                     readonly: csi.readonly,
@@ -644,10 +671,9 @@ impl VolumeHost {
             .node_unpublish(&csi.volume_id, dir)
             .await
             .map_err(|e| e.to_string())?;
-        let caps = csi.plugin.capabilities().await.map_err(|e| e.to_string())?;
-        if !caps.stage_unstage {
+        let Some(staging) = &csi.staging else {
             return Ok(());
-        }
+        };
         let entry = self.staging(csi);
         let mut st = entry.lock().await;
         st.users.remove(user);
@@ -656,24 +682,106 @@ impl VolumeHost {
         }
         // No user left. Unstaging is idempotent, so it also runs when this agent did not
         // stage the volume itself (a previous agent did).
-        let staging = self.staging_path(csi.plugin.name(), &csi.volume_id);
         csi.plugin
-            .node_unstage(&csi.volume_id, &staging)
+            .node_unstage(&csi.volume_id, staging)
             .await
             .map_err(|e| e.to_string())?;
         st.staged = false;
         drop(st);
-        // Forget the record unless a setup is waiting for it.
+        drop(entry);
+        self.forget_staging_if_unused(csi);
+        Ok(())
+    }
+
+    /// Drops the staging record of a volume that is neither staged nor used, unless a setup
+    /// holds it (waiting for its lock). The caller must not hold the record itself.
+    fn forget_staging_if_unused(&self, csi: &CsiVolume) {
         let key = (csi.plugin.name().to_string(), csi.volume_id.clone());
         let mut stagings = self.stagings.lock().unwrap_or_else(|e| e.into_inner());
         let unused = stagings.get(&key).is_some_and(|e| {
-            Arc::strong_count(e) == 2
+            Arc::strong_count(e) == 1
                 && e.try_lock()
                     .is_ok_and(|st| !st.staged && st.users.is_empty())
         });
         if unused {
             stagings.remove(&key);
         }
-        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::{
+        CSIVolumeSource, ConfigMapVolumeSource, PodSpec, Volume as PodVolume,
+    };
+
+    use super::*;
+    use crate::sim::SimVolumes;
+    use crate::store::memory::MemoryStore;
+
+    fn pod(volume: PodVolume) -> Pod {
+        let mut pod = Pod::default();
+        pod.metadata.name = Some("p".into());
+        pod.metadata.namespace = Some("default".into());
+        pod.metadata.uid = Some("uid-1".into());
+        pod.spec = Some(PodSpec {
+            volumes: Some(vec![volume]),
+            ..PodSpec::default()
+        });
+        pod
+    }
+
+    fn host(in_tree: Option<Arc<dyn InTreeVolumes>>) -> VolumeHost {
+        let csi: Arc<dyn VolumePlugin> = Arc::new(SimVolumes::new("sim.csi", "n1", 1 << 30));
+        VolumeHost::new("/nonexistent".into(), "n1".into(), vec![csi], in_tree)
+    }
+
+    #[tokio::test]
+    async fn a_failed_stage_leaves_no_staging_record() {
+        let host = host(None);
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        // An inline volume the driver does not know: its stage fails with NotFound.
+        let pod = pod(PodVolume {
+            name: "data".into(),
+            csi: Some(CSIVolumeSource {
+                driver: "sim.csi".into(),
+                ..CSIVolumeSource::default()
+            }),
+            ..PodVolume::default()
+        });
+        let err = host.setup(&store, &pod).await.unwrap_err();
+        assert!(err.contains("volume \"data\""), "{err}");
+        assert!(host.stagings.lock().unwrap().is_empty());
+        assert!(host.published.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn path_only_volumes_are_not_registered_for_refresh() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let pod = pod(PodVolume {
+            name: "config".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: "c".into(),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..PodVolume::default()
+        });
+        let path_only = host(Some(Arc::new(PathOnlyVolumes)));
+        path_only.setup(&store, &pod).await.unwrap();
+        assert!(path_only.projected.lock().unwrap().is_empty());
+        // A hook that writes files keeps the pod for its refresh rounds.
+        struct Writes;
+        #[async_trait]
+        impl InTreeVolumes for Writes {
+            async fn setup(&self, _: &Pod, _: &Volume, dir: &Path) -> Result<PathBuf, String> {
+                Ok(dir.to_path_buf())
+            }
+            async fn teardown(&self, _: &Pod, _: &Volume, _: &Path) -> Result<(), String> {
+                Ok(())
+            }
+        }
+        let writes = host(Some(Arc::new(Writes)));
+        writes.setup(&store, &pod).await.unwrap();
+        assert_eq!(writes.projected.lock().unwrap().len(), 1);
     }
 }
