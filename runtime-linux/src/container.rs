@@ -100,6 +100,31 @@ pub struct ContainerState {
     pub created_unix_nanos: u128,
 }
 
+impl ContainerState {
+    /// The state of container `id` with no exit recorded; `paths` is (bundle, rootfs).
+    fn new(
+        id: &str,
+        status: Status,
+        pid: i32,
+        (bundle, rootfs): (&Path, &Path),
+        created_unix_nanos: u128,
+        annotations: &HashMap<String, String>,
+    ) -> ContainerState {
+        ContainerState {
+            oci_version: "1.2.0".into(),
+            id: id.into(),
+            status,
+            pid,
+            bundle: bundle.into(),
+            rootfs: rootfs.into(),
+            created: state::rfc3339(created_unix_nanos),
+            annotations: annotations.clone(),
+            exit: None,
+            created_unix_nanos,
+        }
+    }
+}
+
 /// Container operations over one runtime root.
 #[derive(Debug, Clone)]
 pub struct Engine {
@@ -178,20 +203,19 @@ impl Engine {
     fn state_of(&self, rec: &Record) -> ContainerState {
         let status = self.status(rec);
         ContainerState {
-            oci_version: "1.2.0".into(),
-            id: rec.id.clone(),
-            status,
-            pid: if status == Status::Stopped {
-                0
-            } else {
-                rec.pid
-            },
-            bundle: rec.bundle.clone(),
-            rootfs: rec.rootfs.clone(),
-            created: state::rfc3339(rec.created_unix_nanos),
-            annotations: rec.annotations.clone(),
             exit: self.exit_info(&rec.id),
-            created_unix_nanos: rec.created_unix_nanos,
+            ..ContainerState::new(
+                &rec.id,
+                status,
+                if status == Status::Stopped {
+                    0
+                } else {
+                    rec.pid
+                },
+                (&rec.bundle, &rec.rootfs),
+                rec.created_unix_nanos,
+                &rec.annotations,
+            )
         }
     }
 
@@ -317,18 +341,15 @@ impl Engine {
             .map_err(|e| Error::os(id, format!("mkfifo {}", dir.fifo().display()), e))?;
         let hooks = bundle.spec.hooks().clone().unwrap_or_default();
         let created = state::now_nanos();
-        let hook_state = ContainerState {
-            oci_version: "1.2.0".into(),
-            id: id.into(),
-            status: Status::Creating,
-            pid: 0,
-            bundle: bundle.dir.clone(),
-            rootfs: bundle.rootfs.clone(),
-            created: state::rfc3339(created),
-            annotations: bundle.spec.annotations().clone().unwrap_or_default(),
-            exit: None,
-            created_unix_nanos: created,
-        };
+        let annotations = bundle.spec.annotations().clone().unwrap_or_default();
+        let hook_state = ContainerState::new(
+            id,
+            Status::Creating,
+            0,
+            (&bundle.dir, &bundle.rootfs),
+            created,
+            &annotations,
+        );
         let runtime_hooks: Vec<(&'static str, Hook)> = [
             ("prestart", hooks.prestart()),
             ("createRuntime", hooks.create_runtime()),
@@ -373,7 +394,7 @@ impl Engine {
             pid_start,
             created_unix_nanos: created,
             cgroup: cg,
-            annotations: bundle.spec.annotations().clone().unwrap_or_default(),
+            annotations,
             owned_dirs: opts.owned_dirs.clone(),
             poststop: hooks.poststop().clone().unwrap_or_default(),
             poststart: hooks.poststart().clone().unwrap_or_default(),

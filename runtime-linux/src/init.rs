@@ -182,6 +182,8 @@ enum Msg {
     BeforePivot,
     /// The runtime-side hooks succeeded.
     Continue,
+    /// The parent moved the process into its cgroups.
+    Joined,
     Error(StepError),
 }
 
@@ -283,7 +285,15 @@ fn parent_makes_pid_ns(plan: &InitPlan) -> bool {
 /// of two (the usual child → grandchild hop), which is most of what a container's
 /// creation costs in processes.
 fn fork_into_new_pid_ns() -> io::Result<Fork> {
-    let own = std::fs::File::open("/proc/self/ns/pid")?;
+    // The runtime's own pid namespace never changes: open it once per process.
+    static OWN: std::sync::OnceLock<std::fs::File> = std::sync::OnceLock::new();
+    let own = match OWN.get() {
+        Some(f) => f,
+        None => {
+            let f = std::fs::File::open("/proc/self/ns/pid")?;
+            OWN.get_or_init(|| f)
+        }
+    };
     sys::unshare(libc::CLONE_NEWPID)?;
     let forked = sys::fork();
     if let Ok(Fork::Child) = forked {
@@ -329,6 +339,27 @@ fn parent(
             message,
         }
     };
+    // The parent moves the process into its cgroups while the process builds its
+    // namespaces and mounts: a write to a v1 `cgroup.procs` can wait for an RCU grace
+    // period (milliseconds when no migration happened lately), and this way that wait
+    // overlaps the container's setup instead of adding to it. The process waits for
+    // `Joined` before anything that must happen inside its cgroups (see
+    // `CgroupEntry`).
+    for f in &plan.cgroup_procs {
+        if let Err(e) = std::fs::write(f, c1.to_string()) {
+            // A process that failed on its own explains itself better than ESRCH.
+            let _ = sock.set_nonblocking(true);
+            let early = recv(sock);
+            let _ = sock.set_nonblocking(false);
+            let (step, message) = match early {
+                Ok(Some((Msg::Error(e), _))) => (e.step, e.message),
+                _ => (format!("join cgroup {}", f.display()), e.to_string()),
+            };
+            return Err(fail(pid, intermediate, step, message));
+        }
+    }
+    // A process that died already is reported by the loop below.
+    let _ = send(sock, &Msg::Joined);
     loop {
         let msg = match recv(sock) {
             Ok(m) => m,
@@ -374,7 +405,7 @@ fn parent(
                     ));
                 }
             }
-            Some(Msg::Continue) => {}
+            Some(Msg::Continue | Msg::Joined) => {}
             Some(Msg::MapIds) => {
                 let r = write_id_maps(c1, &plan.uid_map, &plan.gid_map)
                     .and_then(|()| send(sock, &Msg::Mapped));
@@ -449,9 +480,6 @@ fn child(
         std::fs::write("/proc/self/oom_score_adj", adj.to_string())
             .step(|| "write oom_score_adj".into())?;
     }
-    for f in &plan.cgroup_procs {
-        std::fs::write(f, "0").step(|| format!("join cgroup {}", f.display()))?;
-    }
     // Open every namespace first: after joining a mount namespace, paths resolve there.
     let mut fds = Vec::with_capacity(plan.join.len());
     for (path, typ) in &plan.join {
@@ -465,7 +493,15 @@ fn child(
         sys::setns(fd.as_fd(), *typ).step(|| format!("join namespace {}", path.display()))?;
     }
     drop(fds);
+    let mut cgroup = CgroupEntry {
+        sock,
+        new_ns: plan.unshare & libc::CLONE_NEWCGROUP != 0,
+        joined: false,
+        entered: false,
+    };
     if plan.new_user {
+        // The parent's first message is `Joined`; take it before asking for the maps.
+        cgroup.wait_joined()?;
         sys::unshare(libc::CLONE_NEWUSER).step(|| "create user namespace".into())?;
         send(sock, &Msg::MapIds).step(|| "request id maps".into())?;
         match recv(sock) {
@@ -480,12 +516,12 @@ fn child(
         sys::setresgid(0).step(|| "become root in user namespace (gid)".into())?;
         sys::setresuid(0).step(|| "become root in user namespace (uid)".into())?;
     }
-    // A pid namespace made by the parent already holds us (as pid 1).
-    let unshare = if in_pid_ns {
-        plan.unshare & !libc::CLONE_NEWPID
-    } else {
-        plan.unshare
-    };
+    // A pid namespace made by the parent already holds us (as pid 1); the cgroup
+    // namespace waits until we are in our cgroups (`CgroupEntry`).
+    let mut unshare = plan.unshare & !libc::CLONE_NEWCGROUP;
+    if in_pid_ns {
+        unshare &= !libc::CLONE_NEWPID;
+    }
     if unshare != 0 {
         sys::unshare(unshare).step(|| "create namespaces".into())?;
     }
@@ -493,6 +529,8 @@ fn child(
     if in_pid_ns {
         // The parent knows our pid from fork; nothing to report.
     } else if unshare & libc::CLONE_NEWPID != 0 || joins_pid {
+        // The second process is born in our cgroups and cgroup namespace.
+        cgroup.enter()?;
         match sys::fork().step(|| "fork into pid namespace".into())? {
             Fork::Parent(c2) => {
                 let _ = send(
@@ -518,10 +556,60 @@ fn child(
         )
         .step(|| "report pid".into())?;
     }
-    container(plan, sock)
+    container(plan, sock, cgroup)
 }
 
-fn container(plan: &InitPlan, sock: &UnixDatagram) -> StepResult<std::convert::Infallible> {
+/// The container process's entry into its cgroups. The parent writes its pid into
+/// every `cgroup.procs` while it sets up its namespaces and mounts, then sends
+/// `Joined`; the process waits for that before anything that must run inside its
+/// cgroups (hooks, a fork, the program) and then creates its cgroup namespace, whose
+/// root is the cgroup a process is in when it creates one.
+struct CgroupEntry<'a> {
+    sock: &'a UnixDatagram,
+    /// Create a cgroup namespace once joined.
+    new_ns: bool,
+    joined: bool,
+    entered: bool,
+}
+
+impl CgroupEntry<'_> {
+    /// Waits for the parent's `Joined` (its first message).
+    fn wait_joined(&mut self) -> StepResult<()> {
+        if self.joined {
+            return Ok(());
+        }
+        match recv(self.sock) {
+            Ok(Some((Msg::Joined, _))) => {}
+            other => {
+                return Err(StepError {
+                    step: "wait for the cgroup join".into(),
+                    message: format!("{:?}", other.map(|o| o.map(|(m, _)| m))),
+                })
+            }
+        }
+        self.joined = true;
+        Ok(())
+    }
+
+    /// Waits for the join, then creates the cgroup namespace (once).
+    fn enter(&mut self) -> StepResult<()> {
+        if self.entered {
+            return Ok(());
+        }
+        self.wait_joined()?;
+        if self.new_ns {
+            sys::unshare(libc::CLONE_NEWCGROUP).step(|| "create cgroup namespace".into())?;
+        }
+        self.entered = true;
+        Ok(())
+    }
+}
+
+fn container(
+    plan: &InitPlan,
+    sock: &UnixDatagram,
+    mut cgroup: CgroupEntry<'_>,
+) -> StepResult<std::convert::Infallible> {
     if plan.setsid {
         sys::setsid().step(|| "setsid".into())?;
     }
@@ -555,7 +643,14 @@ fn container(plan: &InitPlan, sock: &UnixDatagram) -> StepResult<std::convert::I
         })
     };
     if let Some(r) = &plan.rootfs {
+        // A fresh cgroup2 mount shows the cgroup namespace's root: enter it first.
+        if r.mounts_cgroup2() {
+            cgroup.enter()?;
+        }
         rootfs::setup(r, || {
+            if plan.hooks.pause_before_pivot || !plan.hooks.create_container.is_empty() {
+                cgroup.enter()?;
+            }
             if plan.hooks.pause_before_pivot {
                 send(sock, &Msg::BeforePivot).step(|| "ask for createRuntime hooks".into())?;
                 match recv(sock) {
@@ -590,6 +685,8 @@ fn container(plan: &InitPlan, sock: &UnixDatagram) -> StepResult<std::convert::I
     if plan.terminal {
         setup_terminal(plan, sock)?;
     }
+    // Before the capabilities go (a cgroup namespace needs CAP_SYS_ADMIN).
+    cgroup.enter()?;
     let exec = prepare_exec(&plan.process)?;
     if let Some(mut fifo) = fifo {
         send(sock, &Msg::Ready).step(|| "report ready".into())?;

@@ -247,8 +247,18 @@ struct Client {
 }
 
 enum Tracked {
-    Container { id: String },
-    Exec { client: usize, capture: bool },
+    Container {
+        id: String,
+        /// The container's mount namespace, held until its exit is reported: when the
+        /// last reference to a mount namespace goes, the kernel unmounts its tree and
+        /// waits for an RCU grace period. Without this reference the exiting process
+        /// pays that wait before its parent even learns of the exit.
+        mount_ns: Option<std::fs::File>,
+    },
+    Exec {
+        client: usize,
+        capture: bool,
+    },
 }
 
 struct Pipe {
@@ -569,7 +579,7 @@ impl Monitor {
     fn reap(&mut self) {
         while let Ok(Some((pid, status))) = sys::reap_any() {
             match self.children.remove(&pid) {
-                Some(Tracked::Container { id }) => {
+                Some(Tracked::Container { id, mount_ns }) => {
                     self.drain_pipes_of(&PipeOwner::Container(id.clone()));
                     if let Some(mut log) = self.logs.remove(&id) {
                         // A last line without its newline (a prompt) is logged too.
@@ -607,6 +617,8 @@ impl Monitor {
                             },
                         );
                     }
+                    // Released only now that the exit is out (see `Tracked::Container`).
+                    drop(mount_ns);
                 }
                 Some(Tracked::Exec { client, capture }) => {
                     if capture {
@@ -912,8 +924,13 @@ impl Monitor {
                 },
             );
         }
-        self.children
-            .insert(rec.pid, Tracked::Container { id: id.to_string() });
+        self.children.insert(
+            rec.pid,
+            Tracked::Container {
+                id: id.to_string(),
+                mount_ns: std::fs::File::open(format!("/proc/{}/ns/mnt", rec.pid)).ok(),
+            },
+        );
         self.idle_since = None;
         Ok(rec.pid)
     }

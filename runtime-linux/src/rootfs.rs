@@ -53,6 +53,19 @@ pub struct RootfsPlan {
     pub cgroup_dirs: Vec<(String, PathBuf)>,
 }
 
+impl RootfsPlan {
+    /// True when a `cgroup` mount will be a fresh cgroup2 instance (pure v2 host), which
+    /// shows the cgroup namespace's root: the namespace must exist before it.
+    pub fn mounts_cgroup2(&self) -> bool {
+        self.cgroup_dirs.len() == 1
+            && self.cgroup_dirs[0].0 == "unified"
+            && self
+                .mounts
+                .iter()
+                .any(|m| matches!(m.typ().as_deref(), Some("cgroup" | "cgroup2")))
+    }
+}
+
 struct Flags {
     set: libc::c_ulong,
     propagation: libc::c_ulong,

@@ -1111,26 +1111,25 @@ impl ContainerRuntime for LinuxRuntime {
     }
 
     async fn start_container(&self, container_id: &str) -> BackendResult<()> {
-        // Releasing the process is a few small, non-blocking file operations: done
-        // here rather than on a blocking thread (a thread hop costs more).
-        let rec = self
-            .inner
-            .engine
-            .release(container_id)
-            .map_err(|e| backend("start container", container_id, e))?;
-        if !rec.poststart.is_empty() {
-            let inner = Arc::clone(&self.inner);
-            tokio::task::spawn_blocking(move || inner.engine.run_poststart(&rec))
-                .await
-                .map_err(|e| {
-                    BackendError::new(
-                        ErrorKind::Internal,
-                        "start container",
-                        container_id,
-                        e.to_string(),
-                    )
-                })?;
-        }
+        let inner = Arc::clone(&self.inner);
+        let id = container_id.to_string();
+        // Releasing the process is a few small file operations; poststart hooks, if
+        // any, may run for long.
+        blocking(move || {
+            let rec = inner.engine.release(&id)?;
+            inner.engine.run_poststart(&rec);
+            Ok::<(), Error>(())
+        })
+        .await
+        .map_err(|e| {
+            BackendError::new(
+                ErrorKind::Internal,
+                "start container",
+                container_id,
+                e.to_string(),
+            )
+        })?
+        .map_err(|e| backend("start container", container_id, e))?;
         let sb = self
             .inner
             .meta(container_id)

@@ -209,6 +209,51 @@ async fn process_settings_seen_from_inside() {
     env.finish().await;
 }
 
+/// The one-fork path: with a new pid namespace and no user namespace the monitor makes
+/// the namespace itself and forks the container process straight into it as pid 1, then
+/// returns its own `pid_for_children` to its own pid namespace.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_fork_puts_the_container_process_at_pid_one() {
+    let env = Env::new("pidns").await;
+    let link = |p: String| std::fs::read_link(&p).unwrap_or_else(|e| panic!("{p}: {e}"));
+    let status_field = |pid: i32, key: &str| -> Vec<String> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(key))
+            .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"));
+        line[key.len()..]
+            .split_whitespace()
+            .map(String::from)
+            .collect()
+    };
+    for round in 0..2 {
+        let cfg = env.config(&format!("pidns{round}"), &["sleep", "30"]);
+        let id = env.rt().create_container(&env.sandbox, &cfg).await.unwrap();
+        let pid = env.rt().engine().state(&id).unwrap().pid;
+        let monitor = wharf_runtime_linux::monitor::running_pid(env.rt().engine().root())
+            .expect("monitor running");
+        // Host pid, then 1 inside the container's own namespace: nothing in between.
+        assert_eq!(
+            status_field(pid, "NSpid:"),
+            vec![pid.to_string(), "1".to_string()]
+        );
+        // One fork: the monitor's own child, no intermediate process.
+        assert_eq!(status_field(pid, "PPid:"), vec![monitor.to_string()]);
+        let monitor_ns = link(format!("/proc/{monitor}/ns/pid"));
+        assert_ne!(link(format!("/proc/{pid}/ns/pid")), monitor_ns);
+        // The monitor's next children are born in its own namespace again.
+        assert_eq!(
+            link(format!("/proc/{monitor}/ns/pid_for_children")),
+            monitor_ns
+        );
+        env.rt().start_container(&id).await.unwrap();
+        env.rt().stop_container(&id, Duration::ZERO).await.unwrap();
+        env.rt().remove_container(&id).await.unwrap();
+    }
+    env.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn mounts_masked_and_readonly_paths() {
     let env = Env::new("mounts").await;
