@@ -257,6 +257,12 @@ impl Engine {
         let dir = self.dir(id);
         match std::fs::create_dir(&dir.path) {
             Ok(()) => {}
+            // A bundle written into the state directory itself (what `LinuxRuntime`
+            // does: one directory per container) is taken over while no state exists.
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AlreadyExists
+                    && bundle.dir == dir.path
+                    && !dir.state().exists() => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 return Err(Error::AlreadyExists(id.into()))
             }
@@ -305,28 +311,19 @@ impl Engine {
             _ => None,
         };
         // Plan first (pure checks), then the cgroup, then the process.
-        let probe = plan::init_plan(
+        let mut plan = plan::init_plan(
             id,
             bundle,
-            &Cgroup::default(),
             opts.overlay.clone(),
             dir.fifo(),
             self.host_bounding,
         )?;
-        drop(probe);
         let seccomp = plan::seccomp_of(id, bundle)?;
         let rel = cgroup::relative_path(id, linux.cgroups_path().as_deref());
         let cg = Cgroup::create(id, &rel, linux.resources().as_ref())?;
         *cg_out = Some(cg.clone());
         cg.allow_devices(id, linux.devices().as_deref().unwrap_or(&[]))?;
-        let mut plan = plan::init_plan(
-            id,
-            bundle,
-            &cg,
-            opts.overlay.clone(),
-            dir.fifo(),
-            self.host_bounding,
-        )?;
+        plan::set_cgroup(&mut plan, &cg);
         plan.stdio = opts.stdio;
         plan.process.seccomp = seccomp;
         plan.terminal = terminal;

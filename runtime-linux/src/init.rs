@@ -285,15 +285,7 @@ fn parent_makes_pid_ns(plan: &InitPlan) -> bool {
 /// of two (the usual child → grandchild hop), which is most of what a container's
 /// creation costs in processes.
 fn fork_into_new_pid_ns() -> io::Result<Fork> {
-    // The runtime's own pid namespace never changes: open it once per process.
-    static OWN: std::sync::OnceLock<std::fs::File> = std::sync::OnceLock::new();
-    let own = match OWN.get() {
-        Some(f) => f,
-        None => {
-            let f = std::fs::File::open("/proc/self/ns/pid")?;
-            OWN.get_or_init(|| f)
-        }
-    };
+    let own = own_pid_ns()?;
     sys::unshare(libc::CLONE_NEWPID)?;
     let forked = sys::fork();
     if let Ok(Fork::Child) = forked {
@@ -310,6 +302,18 @@ fn fork_into_new_pid_ns() -> io::Result<Fork> {
         panic!("cannot return to the runtime's own pid namespace: {e}");
     }
     forked
+}
+
+/// This process's own pid namespace, opened once (it never changes). A long-lived
+/// forking process (the monitor) calls it at start so the descriptor is there from the
+/// beginning rather than appearing with the first container.
+pub fn own_pid_ns() -> io::Result<&'static std::fs::File> {
+    static OWN: std::sync::OnceLock<std::fs::File> = std::sync::OnceLock::new();
+    if let Some(f) = OWN.get() {
+        return Ok(f);
+    }
+    let f = std::fs::File::open("/proc/self/ns/pid")?;
+    Ok(OWN.get_or_init(|| f))
 }
 
 fn parent(

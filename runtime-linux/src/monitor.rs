@@ -386,6 +386,9 @@ pub fn serve(root: &Path) -> Result<()> {
     {
         return Ok(());
     }
+    // Held for the monitor's lifetime (containers are forked into new pid namespaces
+    // from it); opened now so the monitor's descriptors stay the same across creates.
+    crate::init::own_pid_ns().map_err(|e| Error::os("-", "open /proc/self/ns/pid", e))?;
     // The lock file names the monitor's pid (for operators and leak checks).
     let _ = lock.set_len(0);
     let _ = (&lock).write_all(std::process::id().to_string().as_bytes());

@@ -142,11 +142,11 @@ pub fn seccomp_of(id: &str, bundle: &Bundle) -> Result<Option<Filter>> {
         })
 }
 
-/// Builds the plan for a container's init process.
+/// Builds the plan for a container's init process — every check, nothing created; the
+/// cgroup is added with [`set_cgroup`] once it exists.
 pub fn init_plan(
     id: &str,
     bundle: &Bundle,
-    cgroup: &Cgroup,
     overlay: Option<Overlay>,
     fifo: PathBuf,
     host_bounding: u64,
@@ -220,7 +220,6 @@ pub fn init_plan(
         }
     }
     plan.oom_score_adj = process.oom_score_adj();
-    plan.cgroup_procs = cgroup.procs_files();
     plan.process = process_plan(id, &bundle.rootfs, process, host_bounding)?;
     if plan.process.uid != 0
         && plan.new_user
@@ -238,19 +237,6 @@ pub fn init_plan(
         ));
     }
 
-    let cgroup_dirs = if cgroup.pure_v2 {
-        cgroup
-            .unified
-            .iter()
-            .map(|u| ("unified".to_string(), u.clone()))
-            .collect()
-    } else {
-        cgroup
-            .v1
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
-    };
     let root = spec.root().as_ref().expect("validated");
     plan.rootfs = Some(RootfsPlan {
         rootfs: bundle.rootfs.clone(),
@@ -262,9 +248,31 @@ pub fn init_plan(
         readonly_paths: linux.readonly_paths().clone().unwrap_or_default(),
         propagation: linux.rootfs_propagation().clone(),
         in_userns: plan.new_user || plan.join.iter().any(|(_, t)| *t == libc::CLONE_NEWUSER),
-        cgroup_dirs,
+        // Filled in by `set_cgroup` once the cgroup exists.
+        cgroup_dirs: Vec::new(),
     });
     Ok(plan)
+}
+
+/// Points a plan at the container's cgroup (the directories it joins and the ones a
+/// `cgroup` mount shows), so a plan checked before the cgroup existed can be used as is.
+pub fn set_cgroup(plan: &mut InitPlan, cgroup: &Cgroup) {
+    plan.cgroup_procs = cgroup.procs_files();
+    if let Some(r) = &mut plan.rootfs {
+        r.cgroup_dirs = if cgroup.pure_v2 {
+            cgroup
+                .unified
+                .iter()
+                .map(|u| ("unified".to_string(), u.clone()))
+                .collect()
+        } else {
+            cgroup
+                .v1
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        };
+    }
 }
 
 /// Namespaces of `pid` that differ from the caller's, user namespace first — what an
@@ -323,7 +331,7 @@ mod tests {
     #[test]
     fn default_spec_plan() {
         let (_d, b) = bundle(default_spec());
-        let plan = init_plan("t", &b, &Cgroup::default(), None, "/f".into(), u64::MAX).unwrap();
+        let plan = init_plan("t", &b, None, "/f".into(), u64::MAX).unwrap();
         assert_ne!(plan.unshare & libc::CLONE_NEWPID, 0);
         assert_ne!(plan.unshare & libc::CLONE_NEWNS, 0);
         assert!(!plan.new_user);
@@ -345,7 +353,7 @@ mod tests {
             .user_mut()
             .set_username(Some("nobody-here".into()));
         let (_d, b) = bundle(spec);
-        let msg = init_plan("t", &b, &Cgroup::default(), None, "/f".into(), u64::MAX)
+        let msg = init_plan("t", &b, None, "/f".into(), u64::MAX)
             .unwrap_err()
             .to_string();
         assert!(

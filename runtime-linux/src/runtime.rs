@@ -3,7 +3,10 @@
 //! Layout under the root (default `/run/wharf`):
 //! `containers/` (the engine's state and the monitor's socket), `sandboxes/<id>/`
 //! (`sandbox.json`, pinned `ns/{net,ipc,uts}`, `resolv.conf`, `hosts`, `hostname`),
-//! `bundles/<id>/config.json` and `overlay/<id>/{upper,work,merged}` per container.
+//! `overlay/<id>/{upper,work,merged}` per container. A container's generated
+//! `config.json` lives in its state directory `containers/<id>/` (one directory per
+//! container: on an ext4 root mounted with `discard`, each directory removal waits for
+//! the disk).
 //! A sandbox's namespaces are pinned by bind mounts, so containers of a pod share them
 //! without a pause process.
 
@@ -223,7 +226,7 @@ impl LinuxRuntime {
     /// Must be called inside a tokio runtime.
     pub async fn new(opts: LinuxRuntimeOptions) -> Result<LinuxRuntime, Error> {
         let engine = Engine::new(opts.root.join("containers"))?;
-        for d in ["sandboxes", "bundles", "overlay"] {
+        for d in ["sandboxes", "overlay"] {
             std::fs::create_dir_all(opts.root.join(d)).map_err(|e| {
                 Error::os("-", format!("create {}", opts.root.join(d).display()), e)
             })?;
@@ -516,7 +519,7 @@ impl Inner {
             return Err(invalid(op, &c.name, "command is empty"));
         }
         let mut spec = crate::spec::default_spec();
-        let mut owned = vec![self.opts.root.join("bundles").join(id)];
+        let mut owned = Vec::new();
         let image = c
             .image
             .as_ref()
@@ -1051,13 +1054,21 @@ impl ContainerRuntime for LinuxRuntime {
             serde_json::to_string(&meta).expect("meta serialises"),
         );
         spec.set_annotations(Some(annotations));
-        let bundle = inner.opts.root.join("bundles").join(&id);
+        // The bundle is the container's future state directory; the engine takes it
+        // over (see `Engine::create`).
+        let state_dir = inner.engine.dir(&id);
+        let bundle = state_dir.path.clone();
         let cleanup = |owned: &[PathBuf]| {
             for d in owned {
                 let _ = std::fs::remove_dir_all(d);
             }
+            // Only while it holds nothing but the config: once the engine wrote the
+            // state, the directory is the container's and goes with its deletion.
+            if !state_dir.state().exists() {
+                let _ = std::fs::remove_dir_all(&bundle);
+            }
         };
-        if let Err(e) = std::fs::create_dir_all(&bundle).and_then(|()| {
+        if let Err(e) = std::fs::create_dir(&bundle).and_then(|()| {
             std::fs::write(
                 bundle.join("config.json"),
                 serde_json::to_vec_pretty(&spec).expect("spec serialises"),
@@ -1073,7 +1084,7 @@ impl ContainerRuntime for LinuxRuntime {
         });
         let req = Request::Create {
             id: id.clone(),
-            bundle,
+            bundle: bundle.clone(),
             overlay,
             owned_dirs: owned.clone(),
             log,
