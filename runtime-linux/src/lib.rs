@@ -14,6 +14,7 @@
 //!
 //! The `wharf-runc` binary exposes the engine with runc's command line.
 
+pub mod attach;
 pub mod caps;
 pub mod cgroup;
 pub mod client;
@@ -30,6 +31,7 @@ pub mod seccomp;
 pub mod session;
 pub mod spec;
 pub mod state;
+pub mod stdio;
 pub mod sys;
 
 pub use container::{ContainerState, CreateOptions, Engine};

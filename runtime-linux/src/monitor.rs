@@ -17,11 +17,8 @@
 //! monitor exits.
 //!
 //! Attach: a container created with a log, stdin or a terminal has its stdio pass
-//! through the monitor (others write to `/dev/null`: no pipe, nothing to poll). Each
-//! attacher gets its own pipes, which the monitor fills with the container's output as
-//! it copies it to the log (an attacher that falls a pipe's worth behind is detached,
-//! so it never slows the container or the others); it writes the container's stdin pipe
-//! or pty master itself, with a copy of the descriptor the monitor keeps.
+//! through the monitor (others write to `/dev/null`: no pipe, nothing to poll); the
+//! monitor copies its output to the log and to its attachers ([`crate::attach`]).
 
 use std::collections::HashMap;
 use std::io::{self, BufRead, Read, Write};
@@ -32,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::attach::{ContainerIo, Lagging, StdinMode};
 use crate::container::{CreateOptions, Engine, Terminal};
 use crate::error::{Error, Result};
 use crate::init::ProcessPlan;
@@ -39,6 +37,7 @@ use crate::logs::{CriLog, LogTarget, Stream};
 use crate::rootfs::Overlay;
 use crate::spec::Bundle;
 use crate::state::{self, Status};
+use crate::stdio::ChildStdio;
 use crate::sys;
 
 /// How long an idle monitor lingers before exiting.
@@ -120,10 +119,14 @@ pub enum Request {
         #[serde(default)]
         stdin_once: bool,
     },
-    /// Attach to a container's stdio: output from now on, and its stdin or terminal.
+    /// Attach to a container's stdio: output from now on, and its terminal.
     Attach {
         /// Container id.
         id: String,
+        /// Also write its stdin (`kubectl attach -i`). Only such an attacher takes a
+        /// `stdin_once` container's pipe.
+        #[serde(default)]
+        stdin: bool,
     },
     /// Exec a process in a running container.
     Exec {
@@ -211,7 +214,8 @@ pub enum Reply {
     Event(Event),
     /// The request failed.
     Error {
-        /// Which kind of failure (`not_found`, `already_exists`, `invalid_state`, `other`).
+        /// Which kind of failure (`not_found`, `already_exists`, `invalid_state`,
+        /// `invalid_argument`, `unavailable`, `other`).
         kind: String,
         /// The full message.
         message: String,
@@ -262,87 +266,17 @@ enum Tracked {
 }
 
 struct Pipe {
-    fd: OwnedFd,
+    file: std::fs::File,
     owner: PipeOwner,
     stream: Stream,
+    /// Others hold the same open file (a pty master): its O_NONBLOCK may change.
+    shared_flags: bool,
 }
 
+#[derive(Clone, PartialEq, Eq)]
 enum PipeOwner {
     Container(String),
     Exec(i32),
-}
-
-/// The stdio of a container whose streams pass through the monitor.
-struct ContainerIo {
-    /// The write end of its stdin pipe (kept so the container does not read end of
-    /// file while nobody is attached; handed over with `stdin_once`).
-    input: Option<OwnedFd>,
-    /// Its pty master (terminal containers); attachers get a copy.
-    console: Option<OwnedFd>,
-    /// Created with stdin open.
-    stdin: bool,
-    /// Hand the stdin pipe to the first attacher.
-    stdin_once: bool,
-    attachers: Vec<Attacher>,
-}
-
-/// One attached client: the write ends of its output pipes (non-blocking).
-struct Attacher {
-    client: usize,
-    out: Option<std::fs::File>,
-    /// None with a terminal (one stream).
-    err: Option<std::fs::File>,
-}
-
-/// What an attacher's output pipe may hold before it counts as not keeping up.
-const ATTACH_PIPE_BYTES: i32 = 1 << 20;
-
-impl ContainerIo {
-    /// Copies output to every attacher; returns the clients of attachers that fell
-    /// behind (a full pipe), which are detached.
-    fn fan_out(&mut self, stream: Stream, data: &[u8]) -> Vec<usize> {
-        let mut lagging = Vec::new();
-        self.attachers.retain_mut(|a| {
-            let slot = match stream {
-                Stream::Stderr if a.err.is_some() => &mut a.err,
-                _ => &mut a.out,
-            };
-            let Some(f) = slot else { return true };
-            match write_nonblocking(f, data) {
-                Ok(()) => true,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    lagging.push(a.client);
-                    false
-                }
-                // The attacher closed this stream: keep it for the exit code.
-                Err(_) => {
-                    *slot = None;
-                    true
-                }
-            }
-        });
-        lagging
-    }
-}
-
-/// Writes all of `data` to a non-blocking descriptor, or fails (`WouldBlock` when full).
-fn write_nonblocking(mut f: &std::fs::File, mut data: &[u8]) -> io::Result<()> {
-    while !data.is_empty() {
-        match f.write(data) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => data = &data[n..],
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-/// How a container's stdin is set up.
-#[derive(Debug, Clone, Copy)]
-struct StdinMode {
-    stdin: bool,
-    stdin_once: bool,
 }
 
 struct Capture {
@@ -487,7 +421,7 @@ impl Monitor {
                 });
             }
             // Handling clients below may add pipes: remember which were polled.
-            let pipe_fds: Vec<RawFd> = self.pipes.iter().map(|p| p.fd.as_raw_fd()).collect();
+            let pipe_fds: Vec<RawFd> = self.pipes.iter().map(|p| p.file.as_raw_fd()).collect();
             for fd in &pipe_fds {
                 fds.push(libc::pollfd {
                     fd: *fd,
@@ -540,8 +474,7 @@ impl Monitor {
             self.clients.retain(|_, c| !c.closed);
             // A closed connection detaches its attachers.
             for io in self.ios.values_mut() {
-                io.attachers
-                    .retain(|a| self.clients.contains_key(&a.client));
+                io.detach_gone(|client| self.clients.contains_key(&client));
             }
             let idle = self
                 .children
@@ -609,10 +542,9 @@ impl Monitor {
                     };
                     // Attachers see their streams end (everything was copied above),
                     // then the exit code.
-                    for a in io.map(|io| io.attachers).unwrap_or_default() {
-                        drop((a.out, a.err));
+                    for client in io.map(ContainerIo::end).unwrap_or_default() {
                         self.send(
-                            a.client,
+                            client,
                             &Reply::ExecDone {
                                 code,
                                 stdout: String::new(),
@@ -771,13 +703,13 @@ impl Monitor {
                 stdin,
                 stdin_once,
             } => {
-                let input = StdinMode { stdin, stdin_once };
-                match self.create(&id, &bundle, overlay, owned_dirs, log, input) {
+                let mode = StdinMode { stdin, stdin_once };
+                match self.create(&id, &bundle, overlay, owned_dirs, log, mode) {
                     Ok(pid) => Reply::Created { pid },
                     Err(e) => Reply::error(&e),
                 }
             }
-            Request::Attach { id } => match self.attach(key, &id) {
+            Request::Attach { id, stdin } => match self.attach(key, &id, stdin) {
                 Ok((reply, fds)) => return self.send_fds(key, &reply, fds),
                 Err(e) => Reply::error(&e),
             },
@@ -823,7 +755,7 @@ impl Monitor {
         overlay: Option<Overlay>,
         owned_dirs: Vec<PathBuf>,
         log: Option<LogTarget>,
-        input: StdinMode,
+        mode: StdinMode,
     ) -> Result<i32> {
         let bundle = Bundle::load(id, bundle_dir)?;
         let terminal = bundle
@@ -835,7 +767,7 @@ impl Monitor {
         // Output passes through us only when someone may read it: the log, or
         // attachers (who need stdin or a terminal to talk back, or a log to watch).
         // Otherwise it goes to /dev/null: no pipe to make, poll or drain.
-        let attachable = log.is_some() || input.stdin || terminal;
+        let attachable = log.is_some() || mode.stdin || terminal;
         let cri_log = match &log {
             Some(target) => Some(
                 CriLog::open(target.clone())
@@ -843,42 +775,10 @@ impl Monitor {
             ),
             None => None,
         };
-        let pipe = || sys::pipe().map_err(|e| Error::os(id, "pipe", e));
-        let piped = attachable && !terminal;
-        let (out, err) = if piped {
-            (Some(pipe()?), Some(pipe()?))
-        } else {
-            (None, None)
-        };
-        let stdin_pipe = if input.stdin && !terminal {
-            Some(pipe()?)
-        } else {
-            None
-        };
-        let null =
-            std::fs::File::open("/dev/null").map_err(|e| Error::os(id, "open /dev/null", e))?;
-        let devnull = std::fs::OpenOptions::new()
-            .write(true)
-            .open("/dev/null")
-            .map_err(|e| Error::os(id, "open /dev/null", e))?;
         // With a terminal the container's stdio is the pty's slave.
-        let stdio = [
-            Some(
-                stdin_pipe
-                    .as_ref()
-                    .map_or(null.as_raw_fd(), |(r, _)| r.as_raw_fd()),
-            ),
-            Some(
-                out.as_ref()
-                    .map_or(devnull.as_raw_fd(), |(_, w)| w.as_raw_fd()),
-            ),
-            Some(
-                err.as_ref()
-                    .map_or(devnull.as_raw_fd(), |(_, w)| w.as_raw_fd()),
-            ),
-        ];
+        let stdio = ChildStdio::new(id, mode.stdin && !terminal, attachable && !terminal)?;
         let opts = CreateOptions {
-            stdio,
+            stdio: stdio.fds(),
             overlay,
             owned_dirs,
             pid_file: None,
@@ -886,46 +786,31 @@ impl Monitor {
             keep_console: terminal,
         };
         let (rec, console) = self.engine.create_with_console(id, &bundle, &opts)?;
+        let ends = stdio.into_parent_ends();
+        // A terminal's output is the container's stdout; attachers get a copy of it.
+        let console = match console.map(|m| m.try_clone().map(|copy| (m, copy))) {
+            None => None,
+            Some(Ok(pair)) => Some(pair),
+            Some(Err(e)) => {
+                // The container exists but nobody would watch it: take it down again.
+                if let Err(d) = self.engine.delete(id, true) {
+                    tracing::warn!(id, error = %d, "deleting a container whose create failed");
+                }
+                return Err(Error::os(id, "dup the pty master", e));
+            }
+        };
         if let Some(log) = cri_log {
             self.logs.insert(id.to_string(), log);
         }
-        let mut readers = Vec::new();
-        for (pair, stream) in [(out, Stream::Stdout), (err, Stream::Stderr)] {
-            if let Some((r, w)) = pair {
-                drop(w);
-                readers.push((r, stream));
-            }
+        let owner = PipeOwner::Container(id.to_string());
+        let (console, console_copy) = console.unzip();
+        if let Some(master) = console {
+            self.watch(owner.clone(), vec![(master, Stream::Stdout)], true);
         }
-        // A terminal's output is the container's stdout.
-        let console_copy = match console {
-            Some(master) => {
-                let copy = master
-                    .try_clone()
-                    .map_err(|e| Error::os(id, "dup the pty master", e))?;
-                readers.push((master, Stream::Stdout));
-                Some(copy)
-            }
-            None => None,
-        };
-        for (fd, stream) in readers {
-            let _ = sys::set_nonblocking(fd.as_fd(), true);
-            self.pipes.push(Pipe {
-                fd,
-                owner: PipeOwner::Container(id.to_string()),
-                stream,
-            });
-        }
+        self.watch(owner, ends.output, false);
         if attachable {
-            self.ios.insert(
-                id.to_string(),
-                ContainerIo {
-                    input: stdin_pipe.map(|(_, w)| w),
-                    console: console_copy,
-                    stdin: input.stdin,
-                    stdin_once: input.stdin_once,
-                    attachers: Vec::new(),
-                },
-            );
+            let io = ContainerIo::new(ends.stdin, console_copy, mode);
+            self.ios.insert(id.to_string(), io);
         }
         self.children.insert(
             rec.pid,
@@ -938,71 +823,46 @@ impl Monitor {
         Ok(rec.pid)
     }
 
-    /// Registers client `key` as an attacher of container `id`: the `attached` reply
-    /// and the descriptors that go with it.
-    fn attach(&mut self, key: usize, id: &str) -> Result<(Reply, Vec<OwnedFd>)> {
-        let Some(io) = self.ios.get_mut(id) else {
-            let st = self.engine.state(id)?;
-            if st.status == Status::Stopped {
-                return Err(Error::InvalidState {
-                    id: id.into(),
-                    status: st.status.to_string(),
-                    operation: "attach",
-                });
-            }
-            // Re-adopted at our start: its stdio died with the monitor that made it.
-            let adopted = self.adopted.values().any(|(_, c)| c == id);
-            let reason = if adopted {
-                "its stdio was held by an earlier monitor, which exited; this one only \
-                 watches it (the log stopped too)"
-            } else {
-                "its output is not captured (created without a log path, stdin or a terminal)"
-            };
-            return Err(Error::NotAttachable {
-                id: id.into(),
-                reason: reason.into(),
+    /// Polls `readers` and copies what they carry for `owner`. `shared_flags`: others
+    /// (attachers) hold the same open file (a pty master), so its O_NONBLOCK may change.
+    fn watch(&mut self, owner: PipeOwner, readers: Vec<(OwnedFd, Stream)>, shared_flags: bool) {
+        for (fd, stream) in readers {
+            let _ = sys::set_nonblocking(fd.as_fd(), true);
+            self.pipes.push(Pipe {
+                file: fd.into(),
+                owner: owner.clone(),
+                stream,
+                shared_flags,
             });
-        };
-        let os = |what: &str, e| Error::os(id, what.to_string(), e);
-        let mut fds = Vec::new();
-        let mut pipe_to_attacher = || -> Result<std::fs::File> {
-            let (r, w) = sys::pipe().map_err(|e| os("pipe", e))?;
-            sys::set_nonblocking(w.as_fd(), true).map_err(|e| os("pipe", e))?;
-            // A larger buffer absorbs bursts; the default (64 KiB) also works.
-            let _ = sys::set_pipe_size(w.as_fd(), ATTACH_PIPE_BYTES);
-            fds.push(r);
-            Ok(std::fs::File::from(w))
-        };
-        let out = pipe_to_attacher()?;
-        let terminal = io.console.is_some();
-        let err = if terminal {
-            None
-        } else {
-            Some(pipe_to_attacher()?)
-        };
-        let mut stdin = false;
-        if let Some(master) = &io.console {
-            fds.push(
-                master
-                    .try_clone()
-                    .map_err(|e| os("dup the pty master", e))?,
-            );
-            stdin = io.stdin;
-        } else if io.stdin_once {
-            if let Some(w) = io.input.take() {
-                fds.push(w);
-                stdin = true;
-            }
-        } else if let Some(w) = &io.input {
-            fds.push(w.try_clone().map_err(|e| os("dup stdin", e))?);
-            stdin = true;
         }
-        io.attachers.push(Attacher {
-            client: key,
-            out: Some(out),
-            err,
-        });
-        Ok((Reply::Attached { terminal, stdin }, fds))
+    }
+
+    /// Registers client `key` as an attacher of container `id` (a writer of its stdin
+    /// with `stdin`): the `attached` reply and the descriptors that go with it.
+    fn attach(&mut self, key: usize, id: &str, stdin: bool) -> Result<(Reply, Vec<OwnedFd>)> {
+        if let Some(io) = self.ios.get_mut(id) {
+            return io.attach(id, key, stdin);
+        }
+        let st = self.engine.state(id)?;
+        if st.status == Status::Stopped {
+            return Err(Error::InvalidState {
+                id: id.into(),
+                status: st.status.to_string(),
+                operation: "attach",
+            });
+        }
+        // Re-adopted at our start: its stdio died with the monitor that made it.
+        let adopted = self.adopted.values().any(|(_, c)| c == id);
+        let reason = if adopted {
+            "its stdio was held by an earlier monitor, which exited; this one only \
+             watches it (the log stopped too)"
+        } else {
+            "its output is not captured (created without a log path, stdin or a terminal)"
+        };
+        Err(Error::NotAttachable {
+            id: id.into(),
+            reason: reason.into(),
+        })
     }
 
     fn exec(
@@ -1029,53 +889,15 @@ impl Monitor {
         if let Some(g) = p.gid {
             plan.gid = g;
         }
-        let null =
-            std::fs::File::open("/dev/null").map_err(|e| Error::os(id, "open /dev/null", e))?;
-        let devnull = std::fs::OpenOptions::new()
-            .write(true)
-            .open("/dev/null")
-            .map_err(|e| Error::os(id, "open /dev/null", e))?;
         let piped = capture || (interactive && terminal.is_none());
-        let (out, err) = if piped {
-            (
-                Some(sys::pipe().map_err(|e| Error::os(id, "pipe", e))?),
-                Some(sys::pipe().map_err(|e| Error::os(id, "pipe", e))?),
-            )
-        } else {
-            (None, None)
-        };
-        let input = if interactive && want_stdin && terminal.is_none() {
-            Some(sys::pipe().map_err(|e| Error::os(id, "pipe", e))?)
-        } else {
-            None
-        };
-        let stdio = [
-            Some(
-                input
-                    .as_ref()
-                    .map_or(null.as_raw_fd(), |(r, _)| r.as_raw_fd()),
-            ),
-            Some(
-                out.as_ref()
-                    .map_or(devnull.as_raw_fd(), |(_, w)| w.as_raw_fd()),
-            ),
-            Some(
-                err.as_ref()
-                    .map_or(devnull.as_raw_fd(), |(_, w)| w.as_raw_fd()),
-            ),
-        ];
-        let spawned = self.engine.exec(id, plan, stdio, terminal)?;
+        let stdio = ChildStdio::new(id, interactive && want_stdin && terminal.is_none(), piped)?;
+        let spawned = self.engine.exec(id, plan, stdio.fds(), terminal)?;
+        let ends = stdio.into_parent_ends();
         if interactive {
             // The client gets the streams; we only reap the process and report its end.
             let mut fds: Vec<OwnedFd> = spawned.console.into_iter().collect();
-            for (r, w) in [out, err].into_iter().flatten() {
-                drop(w);
-                fds.push(r);
-            }
-            if let Some((r, w)) = input {
-                drop(r);
-                fds.push(w);
-            }
+            fds.extend(ends.output.into_iter().map(|(r, _)| r));
+            fds.extend(ends.stdin);
             self.children.insert(
                 spawned.pid,
                 Tracked::Exec {
@@ -1085,17 +907,7 @@ impl Monitor {
             );
             return Ok((spawned.pid, fds));
         }
-        for (pair, stream) in [(out, Stream::Stdout), (err, Stream::Stderr)] {
-            if let Some((r, w)) = pair {
-                drop(w);
-                let _ = sys::set_nonblocking(r.as_fd(), true);
-                self.pipes.push(Pipe {
-                    fd: r,
-                    owner: PipeOwner::Exec(spawned.pid),
-                    stream,
-                });
-            }
-        }
+        self.watch(PipeOwner::Exec(spawned.pid), ends.output, false);
         if capture {
             self.captures.insert(
                 spawned.pid,
@@ -1118,7 +930,7 @@ impl Monitor {
     }
 
     fn read_pipe(&mut self, fd: RawFd) {
-        let Some(idx) = self.pipes.iter().position(|p| p.fd.as_raw_fd() == fd) else {
+        let Some(idx) = self.pipes.iter().position(|p| p.file.as_raw_fd() == fd) else {
             return;
         };
         let eof = self.pump(idx);
@@ -1136,13 +948,14 @@ impl Monitor {
     /// Copies what is readable from pipe `idx`; true at EOF.
     fn pump(&mut self, idx: usize) -> bool {
         let mut buf = [0u8; 16 * 1024];
+        if self.pipes[idx].shared_flags {
+            // An attacher may have cleared O_NONBLOCK on its copy (the same open
+            // file): set it again, or the read loop below would block the monitor.
+            let _ = sys::set_nonblocking(self.pipes[idx].file.as_fd(), true);
+        }
         loop {
             let p = &self.pipes[idx];
-            let mut f = match p.fd.try_clone() {
-                Ok(fd) => std::fs::File::from(fd),
-                Err(_) => return true,
-            };
-            match f.read(&mut buf) {
+            match (&p.file).read(&mut buf) {
                 Ok(0) => return true,
                 Ok(n) => {
                     let stream = p.stream;
@@ -1155,9 +968,7 @@ impl Monitor {
                                 }
                             }
                             let lagging = match self.ios.get_mut(id) {
-                                Some(io) if !io.attachers.is_empty() => {
-                                    io.fan_out(stream, &buf[..n])
-                                }
+                                Some(io) if !io.is_unattached() => io.fan_out(stream, &buf[..n]),
                                 _ => Vec::new(),
                             };
                             if !lagging.is_empty() {
@@ -1189,16 +1000,16 @@ impl Monitor {
 
     /// Ends the sessions of attachers that fell a full pipe behind (their pipes are
     /// closed already): the error tells them why their output stopped.
-    fn detach_lagging(&mut self, id: &str, clients: Vec<usize>) {
-        for client in clients {
+    fn detach_lagging(&mut self, id: &str, lagging: Vec<Lagging>) {
+        for Lagging { client, capacity } in lagging {
             tracing::warn!(id, client, "attacher fell behind the output; detached");
             self.send(
                 client,
                 &Reply::Error {
-                    kind: "other".into(),
+                    kind: "unavailable".into(),
                     message: format!(
-                        "container {id}: detached: the attacher fell {ATTACH_PIPE_BYTES} bytes \
-                         behind the output (the log has all of it)"
+                        "container {id}: detached: the attacher fell {capacity} bytes (its \
+                         pipe's size) behind the output; the log has all of it"
                     ),
                 },
             );
@@ -1206,19 +1017,14 @@ impl Monitor {
     }
 
     fn drain_pipes_of(&mut self, owner: &PipeOwner) {
-        let same = |p: &Pipe| match (&p.owner, owner) {
-            (PipeOwner::Container(a), PipeOwner::Container(b)) => a == b,
-            (PipeOwner::Exec(a), PipeOwner::Exec(b)) => a == b,
-            _ => false,
-        };
         let fds: Vec<RawFd> = self
             .pipes
             .iter()
-            .filter(|p| same(p))
-            .map(|p| p.fd.as_raw_fd())
+            .filter(|p| &p.owner == owner)
+            .map(|p| p.file.as_raw_fd())
             .collect();
         for fd in fds {
-            if let Some(idx) = self.pipes.iter().position(|p| p.fd.as_raw_fd() == fd) {
+            if let Some(idx) = self.pipes.iter().position(|p| p.file.as_raw_fd() == fd) {
                 // Whatever the process wrote before exiting is still in the pipe.
                 let _ = self.pump(idx);
             }
@@ -1332,89 +1138,4 @@ pub fn read_reply(stream: &mut io::BufReader<UnixStream>) -> io::Result<Reply> {
         return Err(io::ErrorKind::UnexpectedEof.into());
     }
     serde_json::from_str(&line).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn attacher(client: usize) -> (Attacher, OwnedFd, OwnedFd) {
-        let (out_r, out_w) = sys::pipe().unwrap();
-        let (err_r, err_w) = sys::pipe().unwrap();
-        for w in [&out_w, &err_w] {
-            sys::set_nonblocking(w.as_fd(), true).unwrap();
-        }
-        let a = Attacher {
-            client,
-            out: Some(out_w.into()),
-            err: Some(err_w.into()),
-        };
-        (a, out_r, err_r)
-    }
-
-    fn io_with(attachers: Vec<Attacher>) -> ContainerIo {
-        ContainerIo {
-            input: None,
-            console: None,
-            stdin: false,
-            stdin_once: false,
-            attachers,
-        }
-    }
-
-    fn read_now(fd: OwnedFd) -> Vec<u8> {
-        sys::set_nonblocking(fd.as_fd(), true).unwrap();
-        let mut out = Vec::new();
-        let _ = std::fs::File::from(fd).read_to_end(&mut out);
-        out
-    }
-
-    #[test]
-    fn output_reaches_every_attacher_on_its_stream() {
-        let (a, a_out, a_err) = attacher(1);
-        let (b, b_out, b_err) = attacher(2);
-        let mut io = io_with(vec![a, b]);
-        assert!(io.fan_out(Stream::Stdout, b"out\n").is_empty());
-        assert!(io.fan_out(Stream::Stderr, b"err\n").is_empty());
-        drop(io);
-        assert_eq!(read_now(a_out), b"out\n");
-        assert_eq!(read_now(a_err), b"err\n");
-        assert_eq!(read_now(b_out), b"out\n");
-        assert_eq!(read_now(b_err), b"err\n");
-    }
-
-    #[test]
-    fn a_lagging_attacher_is_detached_and_a_closed_stream_dropped() {
-        let (slow, _slow_out, _slow_err) = attacher(1);
-        let (gone, gone_out, _gone_err) = attacher(2);
-        let (ok, ok_out, _ok_err) = attacher(3);
-        drop(gone_out);
-        let mut io = io_with(vec![slow, gone, ok]);
-        // Keep the third attacher reading; the first never reads: once its pipe is
-        // full it is detached, and the others are undisturbed.
-        let mut reader = std::fs::File::from(ok_out);
-        sys::set_nonblocking(reader.as_fd(), true).unwrap();
-        let chunk = vec![b'x'; 16 * 1024];
-        let mut lagging = Vec::new();
-        let mut received = 0;
-        for _ in 0..4096 {
-            lagging = io.fan_out(Stream::Stdout, &chunk);
-            let mut buf = vec![0u8; 64 * 1024];
-            while let Ok(n) = reader.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                received += n;
-            }
-            if !lagging.is_empty() {
-                break;
-            }
-        }
-        assert_eq!(lagging, vec![1]);
-        let clients: Vec<usize> = io.attachers.iter().map(|a| a.client).collect();
-        assert_eq!(clients, vec![2, 3]);
-        // The closed stream is forgotten, the attacher kept (it still gets the code).
-        assert!(io.attachers[0].out.is_none() && io.attachers[0].err.is_some());
-        assert!(received > 64 * 1024);
-    }
 }

@@ -138,6 +138,7 @@ fn backend(op: &str, object: &str, e: Error) -> BackendError {
             "already_exists" => ErrorKind::AlreadyExists,
             "invalid_state" => ErrorKind::FailedPrecondition,
             "invalid_argument" => ErrorKind::InvalidArgument,
+            "unavailable" => ErrorKind::Unavailable,
             _ => ErrorKind::Internal,
         },
         _ => ErrorKind::Internal,
@@ -145,10 +146,18 @@ fn backend(op: &str, object: &str, e: Error) -> BackendError {
     BackendError::new(kind, op, object, e.to_string()).with_source(e)
 }
 
-/// The pid of an `exec_started` reply, or the error the monitor answered instead.
-fn exec_started(op: &str, id: &str, reply: Reply) -> BackendResult<i32> {
+/// What `pick` takes from the monitor's `reply`; otherwise the error the monitor
+/// answered instead, or an unexpected reply.
+fn expect_reply<T>(
+    op: &str,
+    id: &str,
+    reply: Reply,
+    pick: impl FnOnce(&Reply) -> Option<T>,
+) -> BackendResult<T> {
+    if let Some(v) = pick(&reply) {
+        return Ok(v);
+    }
     match reply {
-        Reply::ExecStarted { pid } => Ok(pid),
         Reply::Error { kind, message } => Err(backend(op, id, client::reply_error(kind, message))),
         other => Err(BackendError::new(
             ErrorKind::Internal,
@@ -157,6 +166,14 @@ fn exec_started(op: &str, id: &str, reply: Reply) -> BackendResult<i32> {
             format!("unexpected reply {other:?}"),
         )),
     }
+}
+
+/// The pid of an `exec_started` reply, or the error the monitor answered instead.
+fn exec_started(op: &str, id: &str, reply: Reply) -> BackendResult<i32> {
+    expect_reply(op, id, reply, |r| match r {
+        Reply::ExecStarted { pid } => Some(*pid),
+        _ => None,
+    })
 }
 
 /// Runs short blocking work (state files, cgroup directories; it only waits on other
@@ -320,13 +337,13 @@ impl Inner {
     }
 
     /// Sends a request whose first reply carries descriptors (exec, attach); returns
-    /// that reply, the descriptors, bytes read past it and the blocking connection.
+    /// that reply and the session it opened.
     async fn open_session(
         &self,
         op: &str,
         id: &str,
         req: &Request,
-    ) -> BackendResult<(Reply, Vec<OwnedFd>, Vec<u8>, std::os::unix::net::UnixStream)> {
+    ) -> BackendResult<(Reply, OpenedSession)> {
         let unavailable = |e: std::io::Error| {
             BackendError::new(ErrorKind::Unavailable, op, id, format!("monitor: {e}"))
         };
@@ -339,8 +356,14 @@ impl Inner {
         let std_stream = stream.into_std().map_err(unavailable)?;
         std_stream.set_nonblocking(false).map_err(unavailable)?;
         tokio::task::spawn_blocking(move || {
-            crate::session::read_reply_with_fds(&std_stream)
-                .map(|(r, f, rest)| (r, f, rest, std_stream))
+            crate::session::read_reply_with_fds(&std_stream).map(|(reply, fds, rest)| {
+                let opened = OpenedSession {
+                    fds,
+                    rest,
+                    stream: std_stream,
+                };
+                (reply, opened)
+            })
         })
         .await
         .map_err(|e| BackendError::new(ErrorKind::Internal, op, id, e.to_string()))?
@@ -1387,61 +1410,30 @@ impl ContainerRuntime for LinuxRuntime {
                 stdin: request.stdin,
             },
         };
-        let (reply, fds, rest, stream) = self.inner.open_session(op, container_id, &req).await?;
+        let (reply, opened) = self.inner.open_session(op, container_id, &req).await?;
         exec_started(op, container_id, reply)?;
-        let expected = if request.tty {
-            1
-        } else {
-            2 + usize::from(request.stdin)
+        let layout = Layout::Exec {
+            tty: request.tty,
+            stdin: request.stdin,
         };
-        session(
-            op,
-            container_id,
-            fds,
-            expected,
-            request.tty,
-            request.stdin,
-            rest,
-            stream,
-        )
+        opened.into_session(op, container_id, layout)
     }
 
-    async fn attach(&self, container_id: &str) -> BackendResult<ExecSession> {
+    async fn attach(&self, container_id: &str, stdin: bool) -> BackendResult<ExecSession> {
         let op = "attach";
         let req = Request::Attach {
             id: container_id.into(),
-        };
-        let (reply, fds, rest, stream) = self.inner.open_session(op, container_id, &req).await?;
-        let (terminal, stdin) = match reply {
-            Reply::Attached { terminal, stdin } => (terminal, stdin),
-            Reply::Error { kind, message } => {
-                return Err(backend(
-                    op,
-                    container_id,
-                    client::reply_error(kind, message),
-                ))
-            }
-            other => {
-                return Err(BackendError::new(
-                    ErrorKind::Internal,
-                    op,
-                    container_id,
-                    format!("unexpected reply {other:?}"),
-                ))
-            }
-        };
-        // The output pipe, then the pty master or the stderr pipe (and stdin).
-        let expected = if terminal { 2 } else { 2 + usize::from(stdin) };
-        session(
-            op,
-            container_id,
-            fds,
-            expected,
-            terminal,
             stdin,
-            rest,
-            stream,
-        )
+        };
+        let (reply, opened) = self.inner.open_session(op, container_id, &req).await?;
+        let layout = expect_reply(op, container_id, reply, |r| match r {
+            Reply::Attached { terminal, stdin } => Some(Layout::Attach {
+                terminal: *terminal,
+                stdin: *stdin,
+            }),
+            _ => None,
+        })?;
+        opened.into_session(op, container_id, layout)
     }
 
     async fn logs(&self, container_id: &str, options: &LogOptions) -> BackendResult<LogStreamOf> {
@@ -1542,96 +1534,152 @@ impl ContainerRuntime for LinuxRuntime {
     }
 }
 
-/// Builds an [`ExecSession`] from the descriptors of an `exec_started` or `attached`
-/// reply: with a terminal the last one is the pty master (resize, and input with
-/// `stdin`) and the output is the one before it, or the master itself when alone;
-/// without, stdout, stderr and, with `stdin`, stdin. `wait` reads the connection's
-/// `exec_done` (`rest` holds bytes already read past the first reply).
-#[allow(clippy::too_many_arguments)]
-fn session(
-    op: &'static str,
-    id: &str,
-    mut fds: Vec<OwnedFd>,
-    expected: usize,
-    terminal: bool,
-    stdin: bool,
+/// The descriptors an `exec_started` or `attached` reply carries, in order.
+#[derive(Debug, Clone, Copy)]
+enum Layout {
+    /// An exec: with `tty` the pty master alone (output, input and resizing); else
+    /// stdout, stderr and, with `stdin`, stdin.
+    Exec {
+        /// The process has a terminal.
+        tty: bool,
+        /// Its stdin is connected.
+        stdin: bool,
+    },
+    /// An attach: the output pipe, then with `terminal` the pty master (resizing, and
+    /// input with `stdin`), else the stderr pipe and, with `stdin`, stdin.
+    Attach {
+        /// The container has a terminal.
+        terminal: bool,
+        /// The attacher may write its stdin.
+        stdin: bool,
+    },
+}
+
+impl Layout {
+    fn terminal(self) -> bool {
+        match self {
+            Layout::Exec { tty, .. } => tty,
+            Layout::Attach { terminal, .. } => terminal,
+        }
+    }
+
+    fn stdin(self) -> bool {
+        match self {
+            Layout::Exec { stdin, .. } | Layout::Attach { stdin, .. } => stdin,
+        }
+    }
+
+    /// How many descriptors come with the reply.
+    fn descriptors(self) -> usize {
+        match self {
+            Layout::Exec { tty: true, .. } => 1,
+            Layout::Attach { terminal: true, .. } => 2,
+            _ => 2 + usize::from(self.stdin()),
+        }
+    }
+}
+
+/// A session the monitor opened (`exec_started` or `attached` read): the descriptors
+/// of that reply, bytes read past it and the connection, on which `exec_done` follows.
+struct OpenedSession {
+    fds: Vec<OwnedFd>,
     rest: Vec<u8>,
     stream: std::os::unix::net::UnixStream,
-) -> BackendResult<ExecSession> {
-    let internal =
-        |e: std::io::Error| BackendError::new(ErrorKind::Internal, op, id, e.to_string());
-    if fds.len() != expected {
-        return Err(BackendError::new(
-            ErrorKind::Internal,
-            op,
-            id,
-            format!(
-                "the monitor sent {} descriptors, expected {expected}",
-                fds.len()
-            ),
-        ));
-    }
-    let wrap = |fd: OwnedFd| -> BackendResult<Pin<Box<FdStream>>> {
-        FdStream::new(fd).map(Box::pin).map_err(internal)
-    };
-    let mut session = ExecSession {
-        stdin: None,
-        stdout: None,
-        stderr: None,
-        resize: None,
-        wait: Box::pin(async { Ok(0) }),
-    };
-    if terminal {
-        let master = fds.pop().expect("counted");
-        let output = match fds.pop() {
-            Some(out) => out,
-            None => master.try_clone().map_err(internal)?,
-        };
-        session.resize = Some(crate::session::resize_task(
-            master.try_clone().map_err(internal)?,
-        ));
-        session.stdout = Some(wrap(output)? as _);
-        if stdin {
-            session.stdin = Some(wrap(master)? as _);
-        }
-    } else {
-        let mut it = fds.into_iter();
-        session.stdout = it.next().map(wrap).transpose()?.map(|s| s as _);
-        session.stderr = it.next().map(wrap).transpose()?.map(|s| s as _);
-        session.stdin = it.next().map(wrap).transpose()?.map(|s| s as _);
-    }
-    stream.set_nonblocking(true).map_err(internal)?;
-    let stream = tokio::net::UnixStream::from_std(stream).map_err(internal)?;
-    let id = id.to_string();
-    session.wait = Box::pin(async move {
-        let mut reader = tokio::io::BufReader::new(tokio::io::AsyncReadExt::chain(
-            std::io::Cursor::new(rest),
+}
+
+impl OpenedSession {
+    /// Builds the [`ExecSession`]: streams from the descriptors as `layout` orders
+    /// them (with a terminal the last one is the pty master and the output the one
+    /// before it, or the master itself when alone); `wait` reads `exec_done`.
+    fn into_session(
+        self,
+        op: &'static str,
+        id: &str,
+        layout: Layout,
+    ) -> BackendResult<ExecSession> {
+        let OpenedSession {
+            mut fds,
+            rest,
             stream,
-        ));
-        let mut line = String::new();
-        loop {
-            line.clear();
-            let n = tokio::io::AsyncBufReadExt::read_line(&mut reader, &mut line)
-                .await
-                .map_err(|e| BackendError::new(ErrorKind::Unavailable, op, &id, e.to_string()))?;
-            if n == 0 {
-                return Err(BackendError::new(
-                    ErrorKind::Unavailable,
-                    op,
-                    &id,
-                    "the monitor closed the session before the process ended",
-                ));
-            }
-            match serde_json::from_str(&line) {
-                Ok(Reply::ExecDone { code, .. }) => return Ok(code),
-                Ok(Reply::Error { kind, message }) => {
-                    return Err(backend(op, &id, client::reply_error(kind, message)))
-                }
-                _ => {}
-            }
+        } = self;
+        let internal =
+            |e: std::io::Error| BackendError::new(ErrorKind::Internal, op, id, e.to_string());
+        let expected = layout.descriptors();
+        if fds.len() != expected {
+            return Err(BackendError::new(
+                ErrorKind::Internal,
+                op,
+                id,
+                format!(
+                    "the monitor sent {} descriptors, expected {expected}",
+                    fds.len()
+                ),
+            ));
         }
-    });
-    Ok(session)
+        let wrap = |fd: OwnedFd| -> BackendResult<Pin<Box<FdStream>>> {
+            FdStream::new(fd).map(Box::pin).map_err(internal)
+        };
+        let mut session = ExecSession {
+            stdin: None,
+            stdout: None,
+            stderr: None,
+            resize: None,
+            wait: Box::pin(async { Ok(0) }),
+        };
+        if layout.terminal() {
+            let master = fds.pop().expect("counted");
+            let output = match fds.pop() {
+                Some(out) => out,
+                None => master.try_clone().map_err(internal)?,
+            };
+            session.resize = Some(crate::session::resize_task(
+                master.try_clone().map_err(internal)?,
+            ));
+            session.stdout = Some(wrap(output)? as _);
+            if layout.stdin() {
+                session.stdin = Some(wrap(master)? as _);
+            }
+        } else {
+            let mut it = fds.into_iter();
+            session.stdout = it.next().map(wrap).transpose()?.map(|s| s as _);
+            session.stderr = it.next().map(wrap).transpose()?.map(|s| s as _);
+            session.stdin = it.next().map(wrap).transpose()?.map(|s| s as _);
+        }
+        stream.set_nonblocking(true).map_err(internal)?;
+        let stream = tokio::net::UnixStream::from_std(stream).map_err(internal)?;
+        let id = id.to_string();
+        session.wait = Box::pin(async move {
+            let mut reader = tokio::io::BufReader::new(tokio::io::AsyncReadExt::chain(
+                std::io::Cursor::new(rest),
+                stream,
+            ));
+            let mut line = String::new();
+            loop {
+                line.clear();
+                let n = tokio::io::AsyncBufReadExt::read_line(&mut reader, &mut line)
+                    .await
+                    .map_err(|e| {
+                        BackendError::new(ErrorKind::Unavailable, op, &id, e.to_string())
+                    })?;
+                if n == 0 {
+                    return Err(BackendError::new(
+                        ErrorKind::Unavailable,
+                        op,
+                        &id,
+                        "the monitor closed the session before the process ended",
+                    ));
+                }
+                match serde_json::from_str(&line) {
+                    Ok(Reply::ExecDone { code, .. }) => return Ok(code),
+                    Ok(Reply::Error { kind, message }) => {
+                        return Err(backend(op, &id, client::reply_error(kind, message)))
+                    }
+                    _ => {}
+                }
+            }
+        });
+        Ok(session)
+    }
 }
 
 fn read_from(path: &Path, offset: u64) -> String {

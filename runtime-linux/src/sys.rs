@@ -597,8 +597,8 @@ pub fn flock_exclusive_nonblocking(fd: BorrowedFd<'_>) -> io::Result<bool> {
 }
 
 /// `F_SETPIPE_SZ`: asks for a pipe buffer of `bytes` (rounded up by the kernel, capped
-/// by `/proc/sys/fs/pipe-max-size` without `CAP_SYS_RESOURCE`).
-pub fn set_pipe_size(fd: BorrowedFd<'_>, bytes: i32) -> io::Result<()> {
+/// by `/proc/sys/fs/pipe-max-size` without `CAP_SYS_RESOURCE`); returns the size set.
+pub fn set_pipe_size(fd: BorrowedFd<'_>, bytes: i32) -> io::Result<i32> {
     // SAFETY: fcntl on a valid descriptor, the size passed by value.
-    check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, bytes) }).map(drop)
+    check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, bytes) })
 }

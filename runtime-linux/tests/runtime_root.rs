@@ -767,7 +767,7 @@ async fn attach_streams_output_to_several_attachers_until_exit() {
         ],
     );
     let id = env.start(&cfg).await;
-    let mut a = env.rt().attach(&id).await.unwrap();
+    let mut a = env.rt().attach(&id, false).await.unwrap();
     assert!(a.stdin.is_none(), "created without stdin");
     assert!(a.resize.is_none(), "no terminal");
     let mut a_out = a.stdout.take().unwrap();
@@ -782,7 +782,7 @@ async fn attach_streams_output_to_several_attachers_until_exit() {
 
     // A second attacher gets the same output from the moment it attaches.
     let fds_before_b = monitor_fds_settled(&env).await;
-    let mut b = env.rt().attach(&id).await.unwrap();
+    let mut b = env.rt().attach(&id, false).await.unwrap();
     let seen_by_b = read_until(b.stdout.as_mut().unwrap(), "\n").await;
     assert!(seen_by_b.starts_with("line"), "{seen_by_b:?}");
     // Detaching one leaves the container and the other attacher undisturbed, and
@@ -815,7 +815,7 @@ async fn attach_streams_output_to_several_attachers_until_exit() {
         assert!(logs.contains(&format!("err{i}\n")), "{logs}");
     }
     // An exited container cannot be attached to.
-    let e = env.rt().attach(&id).await.unwrap_err();
+    let e = env.rt().attach(&id, false).await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::FailedPrecondition, "{e}");
     env.rt().remove_container(&id).await.unwrap();
     assert_monitor_fds(&env, fds_before).await;
@@ -837,7 +837,7 @@ async fn attach_writes_stdin_across_sessions_and_stdin_once_closes_it() {
     cfg.stdin = true;
     let id = env.start(&cfg).await;
     let fds_before_s = monitor_fds_settled(&env).await;
-    let mut s = env.rt().attach(&id).await.unwrap();
+    let mut s = env.rt().attach(&id, true).await.unwrap();
     let mut input = s.stdin.take().expect("stdin is open");
     input.write_all(b"one\n").await.unwrap();
     assert_eq!(
@@ -854,7 +854,7 @@ async fn attach_writes_stdin_across_sessions_and_stdin_once_closes_it() {
     })
     .await
     .unwrap();
-    let mut s = rt2.attach(&id).await.unwrap();
+    let mut s = rt2.attach(&id, true).await.unwrap();
     let st = rt2.container_status(&id).await.unwrap();
     assert_eq!(
         st.state,
@@ -880,8 +880,17 @@ async fn attach_writes_stdin_across_sessions_and_stdin_once_closes_it() {
     cfg.stdin = true;
     cfg.stdin_once = true;
     let id = env.rt().create_container(&env.sandbox, &cfg).await.unwrap();
-    let mut s = env.rt().attach(&id).await.unwrap();
+    // An attacher that only reads (`kubectl attach` without -i) takes no stdin, and
+    // its detaching does not close the container's.
+    let mut watcher = env.rt().attach(&id, false).await.unwrap();
+    assert!(watcher.stdin.is_none(), "attached without stdin");
+    let mut s = env.rt().attach(&id, true).await.unwrap();
     env.rt().start_container(&id).await.unwrap();
+    assert_eq!(
+        read_until(watcher.stdout.as_mut().unwrap(), "ready\n").await,
+        "ready\n"
+    );
+    drop(watcher);
     let mut input = s.stdin.take().expect("stdin is open");
     input.write_all(b"hello cat\n").await.unwrap();
     let mut out = s.stdout.take().unwrap();
@@ -901,14 +910,18 @@ async fn attach_writes_stdin_across_sessions_and_stdin_once_closes_it() {
     let mut cfg = env.config("quiet", &["sleep", "100"]);
     cfg.log_path = None;
     let id = env.start(&cfg).await;
-    let e = env.rt().attach(&id).await.unwrap_err();
+    let e = env.rt().attach(&id, false).await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::FailedPrecondition, "{e}");
     assert!(e.to_string().contains("not captured"), "{e}");
     assert!(!e.to_string().contains("earlier monitor"), "{e}");
     env.rt().kill_container(&id, libc::SIGKILL).await.unwrap();
     env.wait_exit(&id).await;
     env.rt().remove_container(&id).await.unwrap();
-    let e = env.rt().attach("no-such-container").await.unwrap_err();
+    let e = env
+        .rt()
+        .attach("no-such-container", false)
+        .await
+        .unwrap_err();
     assert_eq!(e.kind, ErrorKind::NotFound, "{e}");
 
     assert_monitor_fds(&env, fds_before).await;
@@ -931,7 +944,7 @@ async fn unstarted_containers_hold_no_other_containers_stdio() {
         .create_container(&env.sandbox, &idle)
         .await
         .unwrap();
-    let mut s = env.rt().attach(&id).await.unwrap();
+    let mut s = env.rt().attach(&id, true).await.unwrap();
     let idle = env.config("idle-after", &["true"]);
     let after = env
         .rt()
@@ -976,7 +989,7 @@ async fn tty_container_is_logged_attached_and_resized() {
     cfg.tty = true;
     cfg.stdin = true;
     let id = env.start(&cfg).await;
-    let mut s = env.rt().attach(&id).await.unwrap();
+    let mut s = env.rt().attach(&id, true).await.unwrap();
     assert!(s.stderr.is_none(), "a terminal is one stream");
     let resize = s.resize.take().expect("a terminal can be resized");
     let mut input = s.stdin.take().expect("stdin is open");
@@ -1029,6 +1042,58 @@ async fn tty_container_is_logged_attached_and_resized() {
     env.finish().await;
 }
 
+/// Pty masters among this process's descriptors.
+fn pty_masters() -> std::collections::HashSet<i32> {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().ends_with("ptmx"))
+        })
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[allow(unsafe_code)]
+async fn an_attacher_clearing_nonblocking_on_the_pty_does_not_stall_the_monitor() {
+    use tokio::io::AsyncWriteExt;
+    let env = Env::new("attach-blocking").await;
+    let mut cfg = env.config("term", &["sh", "-c", "read x; echo got $x; sleep 100"]);
+    cfg.tty = true;
+    cfg.stdin = true;
+    let id = env.start(&cfg).await;
+    let before = pty_masters();
+    let mut s = env.rt().attach(&id, true).await.unwrap();
+    // The attacher's copies of the master share its open file, and with it the
+    // O_NONBLOCK flag the monitor reads it with: clear it, as a careless client may.
+    for fd in pty_masters().difference(&before) {
+        // SAFETY: fcntl on a descriptor number this test just received; errors are
+        // ignored (the descriptor may belong to another test and be gone already).
+        unsafe {
+            let flags = libc::fcntl(*fd, libc::F_GETFL);
+            if flags >= 0 {
+                libc::fcntl(*fd, libc::F_SETFL, flags & !libc::O_NONBLOCK);
+            }
+        }
+    }
+    s.stdin.as_mut().unwrap().write_all(b"one\n").await.unwrap();
+    let out = read_until(s.stdout.as_mut().unwrap(), "got one\n").await;
+    assert!(out.contains("got one\n"), "{out:?}");
+    // The container is silent now: a monitor reading the master until it would block
+    // waits forever; it must still answer.
+    let r = env
+        .rt()
+        .exec_sync(&id, &["true".to_string()], Duration::from_secs(5))
+        .await;
+    assert_eq!(r.map(|o| o.exit_code).map_err(|e| e.kind), Ok(0));
+    env.rt().kill_container(&id, libc::SIGKILL).await.unwrap();
+    assert_eq!(s.wait.await.unwrap(), 128 + libc::SIGKILL);
+    env.wait_exit(&id).await;
+    env.rt().remove_container(&id).await.unwrap();
+    env.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn attach_after_the_monitor_died_is_refused_clearly() {
     let env = Env::new("attach-monitor").await;
@@ -1052,7 +1117,7 @@ async fn attach_after_the_monitor_died_is_refused_clearly() {
     }
     let st = env.rt().container_status(&id).await.unwrap();
     assert_eq!(st.state, ContainerState::Running, "{st:?}");
-    let e = env.rt().attach(&id).await.unwrap_err();
+    let e = env.rt().attach(&id, false).await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::FailedPrecondition, "{e}");
     assert!(e.to_string().contains("earlier monitor"), "{e}");
     assert!(!e.to_string().contains("not captured"), "{e}");

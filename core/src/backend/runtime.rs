@@ -520,8 +520,10 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     ) -> BackendResult<ExecOutput>;
     /// Starts an interactive command in a running container.
     async fn exec(&self, container_id: &str, request: &ExecRequest) -> BackendResult<ExecSession>;
-    /// Attaches to the main process's stdio.
-    async fn attach(&self, container_id: &str) -> BackendResult<ExecSession>;
+    /// Attaches to the main process's stdio: its output from now on, and with `stdin`
+    /// its stdin too (CRI `AttachRequest.stdin`, `kubectl attach -i`). An attacher
+    /// without `stdin` only reads, and never takes a `stdin_once` container's stdin.
+    async fn attach(&self, container_id: &str, stdin: bool) -> BackendResult<ExecSession>;
     /// Reads a container's log.
     async fn logs(&self, container_id: &str, options: &LogOptions) -> BackendResult<LogStreamOf>;
     /// Usage figures.

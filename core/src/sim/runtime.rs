@@ -783,7 +783,7 @@ impl ContainerRuntime for SimRuntime {
         ))
     }
 
-    async fn attach(&self, container_id: &str) -> BackendResult<ExecSession> {
+    async fn attach(&self, container_id: &str, _stdin: bool) -> BackendResult<ExecSession> {
         Err(BackendError::new(
             ErrorKind::Unsupported,
             "attach",
