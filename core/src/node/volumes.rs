@@ -21,6 +21,7 @@ use crate::backend::volume::{
     VolumePlugin,
 };
 use crate::store::{Api, Store};
+use crate::{Kind, Resource};
 
 /// Sets up in-tree volume sources (everything that is not CSI or hostPath).
 #[async_trait]
@@ -111,7 +112,7 @@ pub struct SourceObjects {
     config_maps: HashMap<(String, String), Option<ConfigMap>>,
     secrets: HashMap<(String, String), Option<Secret>>,
     /// Objects whose read failed: volumes using them keep their files this round.
-    unreadable: HashSet<(&'static str, String, String)>,
+    unreadable: HashSet<(Kind, String, String)>,
 }
 
 impl SourceObjects {
@@ -132,61 +133,61 @@ impl SourceObjects {
     /// Reads what `volume` refers to, skipping what this round already read.
     async fn read_for(&mut self, store: &Arc<dyn Store>, namespace: &str, volume: &Volume) {
         let (config_maps, secrets) = source_refs(volume);
-        for name in config_maps {
-            let key = (namespace.to_string(), name);
-            if self.config_maps.contains_key(&key)
-                || self
-                    .unreadable
-                    .contains(&("ConfigMap", key.0.clone(), key.1.clone()))
-            {
-                continue;
-            }
-            let api: Api<ConfigMap> = Api::namespaced(store.clone(), namespace);
-            match api.get_opt(&key.1).await {
-                Ok(found) => {
-                    self.config_maps
-                        .insert(key, found.map(|c| c.to_owned_value()));
-                }
-                Err(e) => {
-                    tracing::warn!(configmap = %format!("{}/{}", key.0, key.1), error = %e,
-                        "reading a volume source failed");
-                    self.unreadable.insert(("ConfigMap", key.0, key.1));
-                }
-            }
-        }
-        for name in secrets {
-            let key = (namespace.to_string(), name);
-            if self.secrets.contains_key(&key)
-                || self
-                    .unreadable
-                    .contains(&("Secret", key.0.clone(), key.1.clone()))
-            {
-                continue;
-            }
-            let api: Api<Secret> = Api::namespaced(store.clone(), namespace);
-            match api.get_opt(&key.1).await {
-                Ok(found) => {
-                    self.secrets.insert(key, found.map(|s| s.to_owned_value()));
-                }
-                Err(e) => {
-                    tracing::warn!(secret = %format!("{}/{}", key.0, key.1), error = %e,
-                        "reading a volume source failed");
-                    self.unreadable.insert(("Secret", key.0, key.1));
-                }
-            }
-        }
+        let unreadable = &mut self.unreadable;
+        read_new(
+            &mut self.config_maps,
+            unreadable,
+            store,
+            namespace,
+            config_maps,
+        )
+        .await;
+        read_new(&mut self.secrets, unreadable, store, namespace, secrets).await;
     }
 
     /// Whether everything `volume` refers to was read.
     fn readable(&self, namespace: &str, volume: &Volume) -> bool {
         let (config_maps, secrets) = source_refs(volume);
         let ns = namespace.to_string();
-        config_maps
-            .into_iter()
-            .all(|n| !self.unreadable.contains(&("ConfigMap", ns.clone(), n)))
-            && secrets
-                .into_iter()
-                .all(|n| !self.unreadable.contains(&("Secret", ns.clone(), n)))
+        config_maps.into_iter().all(|n| {
+            !self
+                .unreadable
+                .contains(&(ConfigMap::OBJECT_KIND, ns.clone(), n))
+        }) && secrets.into_iter().all(|n| {
+            !self
+                .unreadable
+                .contains(&(Secret::OBJECT_KIND, ns.clone(), n))
+        })
+    }
+}
+
+/// Reads the objects of kind `K` named in `names` that `read` has no entry for yet (nor
+/// `unreadable`), recording each as found, missing (`None`) or unreadable.
+async fn read_new<K: Resource>(
+    read: &mut HashMap<(String, String), Option<K>>,
+    unreadable: &mut HashSet<(Kind, String, String)>,
+    store: &Arc<dyn Store>,
+    namespace: &str,
+    names: Vec<String>,
+) {
+    let api: Api<K> = Api::namespaced(store.clone(), namespace);
+    for name in names {
+        let key = (namespace.to_string(), name);
+        if read.contains_key(&key)
+            || unreadable.contains(&(K::OBJECT_KIND, key.0.clone(), key.1.clone()))
+        {
+            continue;
+        }
+        match api.get_opt(&key.1).await {
+            Ok(found) => {
+                read.insert(key, found.map(|o| o.to_owned_value()));
+            }
+            Err(e) => {
+                tracing::warn!(kind = %K::OBJECT_KIND, object = %format!("{}/{}", key.0, key.1),
+                    error = %e, "reading a volume source failed");
+                unreadable.insert((K::OBJECT_KIND, key.0, key.1));
+            }
+        }
     }
 }
 
