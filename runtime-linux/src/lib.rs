@@ -23,6 +23,7 @@ pub mod error;
 pub mod init;
 pub mod logs;
 pub mod monitor;
+pub mod pin;
 pub mod plan;
 pub mod pty;
 pub mod rootfs;
