@@ -1042,6 +1042,40 @@ async fn tty_container_is_logged_attached_and_resized() {
     env.finish().await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn an_attacher_that_does_not_read_is_detached_with_the_pipe_size() {
+    let env = Env::new("attach-lag").await;
+    let cfg = env.config(
+        "flood",
+        &[
+            "sh",
+            "-c",
+            "sleep 0.5; head -c 3145728 /dev/zero; sleep 100",
+        ],
+    );
+    let id = env.start(&cfg).await;
+    // Attached, never read: the output overflows its pipe.
+    let s = env.rt().attach(&id, false).await.unwrap();
+    let e = tokio::time::timeout(Duration::from_secs(20), s.wait)
+        .await
+        .expect("detached in time")
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Unavailable, "{e}");
+    // 1 MiB unless the host caps pipes lower (then the default 64 KiB stays).
+    let max: usize = std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
+        .map(|s| s.trim().parse().unwrap())
+        .unwrap_or(0);
+    let size = if max >= 1 << 20 { 1 << 20 } else { 64 << 10 };
+    assert!(e.to_string().contains(&format!("fell {size} bytes")), "{e}");
+    // The container is not disturbed.
+    let st = env.rt().container_status(&id).await.unwrap();
+    assert_eq!(st.state, ContainerState::Running, "{st:?}");
+    env.rt().kill_container(&id, libc::SIGKILL).await.unwrap();
+    env.wait_exit(&id).await;
+    env.rt().remove_container(&id).await.unwrap();
+    env.finish().await;
+}
+
 /// Pty masters among this process's descriptors.
 fn pty_masters() -> std::collections::HashSet<i32> {
     std::fs::read_dir("/proc/self/fd")
