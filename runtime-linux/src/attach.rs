@@ -8,8 +8,10 @@
 //! with a copy of the descriptor kept here. This module owns those descriptors; it does
 //! not poll, read the container's output or talk to clients (the monitor does).
 
+use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, OwnedFd};
+use std::rc::Rc;
 
 use crate::error::{Error, Result};
 use crate::logs::Stream;
@@ -31,8 +33,9 @@ pub struct ContainerIo {
     /// The write end of its stdin pipe (kept so the container does not read end of
     /// file while nobody is attached; handed over with `stdin_once`).
     input: Option<OwnedFd>,
-    /// Its pty master (terminal containers); attachers get a copy.
-    console: Option<OwnedFd>,
+    /// Its pty master (terminal containers), shared with the monitor's reader of its
+    /// output; attachers get a copy.
+    console: Option<Rc<File>>,
     mode: StdinMode,
     attachers: Vec<Attacher>,
 }
@@ -65,8 +68,8 @@ const DEFAULT_PIPE_BYTES: usize = 64 * 1024;
 
 impl ContainerIo {
     /// The stdio of a container created with `mode`: `input` is the write end of its
-    /// stdin pipe, `console` a copy of its pty master.
-    pub fn new(input: Option<OwnedFd>, console: Option<OwnedFd>, mode: StdinMode) -> Self {
+    /// stdin pipe, `console` its pty master.
+    pub fn new(input: Option<OwnedFd>, console: Option<Rc<File>>, mode: StdinMode) -> Self {
         ContainerIo {
             input,
             console,
@@ -113,11 +116,10 @@ impl ContainerIo {
         let mut stdin = false;
         if let Some(master) = &self.console {
             // Also for resizing: a reader-only attacher gets it, but no stdin stream.
-            fds.push(
-                master
-                    .try_clone()
-                    .map_err(|e| os("dup the pty master", e))?,
-            );
+            let copy = master
+                .try_clone()
+                .map_err(|e| os("dup the pty master", e))?;
+            fds.push(copy.into());
             stdin = self.mode.stdin && want_stdin;
         } else if want_stdin {
             let input = if self.mode.stdin_once {

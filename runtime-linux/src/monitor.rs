@@ -25,6 +25,7 @@ use std::io::{self, BufRead, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -267,7 +268,8 @@ enum Tracked {
 }
 
 struct Pipe {
-    file: std::fs::File,
+    /// Shared with the container's [`ContainerIo`] for a pty master.
+    file: Rc<std::fs::File>,
     owner: PipeOwner,
     stream: Stream,
     /// Others hold the same open file (a pty master): its O_NONBLOCK may change.
@@ -788,29 +790,22 @@ impl Monitor {
         };
         let (rec, console) = self.engine.create_with_console(id, &bundle, &opts)?;
         let ends = stdio.into_parent_ends();
-        // A terminal's output is the container's stdout; attachers get a copy of it.
-        let console = match console.map(|m| m.try_clone().map(|copy| (m, copy))) {
-            None => None,
-            Some(Ok(pair)) => Some(pair),
-            Some(Err(e)) => {
-                // The container exists but nobody would watch it: take it down again.
-                if let Err(d) = self.engine.delete(id, true) {
-                    tracing::warn!(id, error = %d, "deleting a container whose create failed");
-                }
-                return Err(Error::os(id, "dup the pty master", e));
-            }
-        };
         if let Some(log) = cri_log {
             self.logs.insert(id.to_string(), log);
         }
+        // Nothing here can fail any more: the container exists, and from now on we
+        // watch it. A terminal's output is the container's stdout, read from the same
+        // master attachers get copies of (one descriptor, no dup to fail).
         let owner = PipeOwner::Container(id.to_string());
-        let (console, console_copy) = console.unzip();
-        if let Some(master) = console {
-            self.watch(owner.clone(), vec![(master, Stream::Stdout)], true);
+        let console = console.map(|master| Rc::new(std::fs::File::from(master)));
+        if let Some(master) = &console {
+            self.watch(&owner, Rc::clone(master), Stream::Stdout, true);
         }
-        self.watch(owner, ends.output, false);
+        for (fd, stream) in ends.output {
+            self.watch(&owner, Rc::new(fd.into()), stream, false);
+        }
         if attachable {
-            let io = ContainerIo::new(ends.stdin, console_copy, mode);
+            let io = ContainerIo::new(ends.stdin, console, mode);
             self.ios.insert(id.to_string(), io);
         }
         self.children.insert(
@@ -824,18 +819,23 @@ impl Monitor {
         Ok(rec.pid)
     }
 
-    /// Polls `readers` and copies what they carry for `owner`. `shared_flags`: others
-    /// (attachers) hold the same open file (a pty master), so its O_NONBLOCK may change.
-    fn watch(&mut self, owner: PipeOwner, readers: Vec<(OwnedFd, Stream)>, shared_flags: bool) {
-        for (fd, stream) in readers {
-            let _ = sys::set_nonblocking(fd.as_fd(), true);
-            self.pipes.push(Pipe {
-                file: fd.into(),
-                owner: owner.clone(),
-                stream,
-                shared_flags,
-            });
-        }
+    /// Polls `file` and copies what it carries (`stream` of `owner`). `shared_flags`:
+    /// others (attachers) hold the same open file (a pty master), so its O_NONBLOCK
+    /// may change.
+    fn watch(
+        &mut self,
+        owner: &PipeOwner,
+        file: Rc<std::fs::File>,
+        stream: Stream,
+        shared_flags: bool,
+    ) {
+        let _ = sys::set_nonblocking(file.as_fd(), true);
+        self.pipes.push(Pipe {
+            file,
+            owner: owner.clone(),
+            stream,
+            shared_flags,
+        });
     }
 
     /// Registers client `key` as an attacher of container `id` (a writer of its stdin
@@ -908,7 +908,14 @@ impl Monitor {
             );
             return Ok((spawned.pid, fds));
         }
-        self.watch(PipeOwner::Exec(spawned.pid), ends.output, false);
+        for (fd, stream) in ends.output {
+            self.watch(
+                &PipeOwner::Exec(spawned.pid),
+                Rc::new(fd.into()),
+                stream,
+                false,
+            );
+        }
         if capture {
             self.captures.insert(
                 spawned.pid,
@@ -956,7 +963,7 @@ impl Monitor {
         }
         loop {
             let p = &self.pipes[idx];
-            match (&p.file).read(&mut buf) {
+            match (&*p.file).read(&mut buf) {
                 Ok(0) => return true,
                 Ok(n) => {
                     let stream = p.stream;
