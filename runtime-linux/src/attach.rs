@@ -15,7 +15,7 @@ use std::rc::Rc;
 
 use crate::error::{Error, Result};
 use crate::logs::Stream;
-use crate::monitor::Reply;
+use crate::protocol::Reply;
 use crate::sys;
 
 /// How a container's stdin is set up (from its create request).

@@ -25,6 +25,7 @@ pub mod logs;
 pub mod monitor;
 pub mod pin;
 pub mod plan;
+pub mod protocol;
 pub mod pty;
 pub mod rootfs;
 pub mod runtime;

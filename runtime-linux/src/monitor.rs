@@ -10,9 +10,10 @@
 //! exit recorded. One process serves every container of the node (containerd-shim and
 //! conmon cost one per container).
 //!
-//! Protocol: one JSON request per line; the answer is one JSON line, except for
-//! `subscribe` (a stream of events), `exec` (a second line when the process ends) and
-//! `attach` (descriptors with the first line, `exec_done` when the container exits).
+//! Protocol ([`crate::protocol`]): one JSON request per line; the answer is one JSON
+//! line, except for `subscribe` (a stream of events), `exec` (a second line when the
+//! process ends) and `attach` (descriptors with the first line, `exec_done` when the
+//! container exits).
 //! Idle rule: with no containers alive and no client connected for [`IDLE_EXIT`], the
 //! monitor exits.
 //!
@@ -21,17 +22,15 @@
 //! monitor copies its output to the log and to its attachers ([`crate::attach`]).
 
 use std::collections::HashMap;
-use std::io::{self, BufRead, Read, Write};
+use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-
 use crate::attach::{ContainerIo, Lagging, StdinMode};
-use crate::container::{CreateOptions, Engine, Terminal};
+use crate::container::{CreateOptions, Engine};
 use crate::error::{Error, Result};
 use crate::init::ProcessPlan;
 use crate::logs::{CriLog, LogTarget, Stream};
@@ -41,6 +40,8 @@ use crate::spec::Bundle;
 use crate::state::{self, Status};
 use crate::stdio::ChildStdio;
 use crate::sys;
+
+pub use crate::protocol::{read_reply, Event, ExecMode, ExecProcess, Reply, Request};
 
 /// How long an idle monitor lingers before exiting.
 pub const IDLE_EXIT: Duration = Duration::from_secs(2);
@@ -60,189 +61,6 @@ pub fn running_pid(root: &Path) -> Option<i32> {
 /// The monitor's socket under `root`.
 pub fn socket_path(root: &Path) -> PathBuf {
     root.join("monitor.sock")
-}
-
-/// A process to exec into a running container.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct ExecProcess {
-    /// argv.
-    pub args: Vec<String>,
-    /// Extra environment (added to the container's).
-    pub env: Vec<String>,
-    /// Working directory (default: the container's).
-    pub cwd: Option<PathBuf>,
-    /// uid (default: the container's).
-    pub uid: Option<u32>,
-    /// gid (default: the container's).
-    pub gid: Option<u32>,
-}
-
-/// How an exec'd process's standard streams are wired.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ExecMode {
-    /// Streams to `/dev/null`; an `exec_done` reply gives the exit code when it ends.
-    Detached,
-    /// Stdout and stderr are collected and returned with the exit code (`exec_done`).
-    Capture,
-    /// The client gets the streams: the `exec_started` reply carries, by `SCM_RIGHTS`,
-    /// the pty master (with `terminal`) or the read ends of stdout and stderr followed,
-    /// with `stdin`, by the write end of stdin; `exec_done` follows at the end.
-    Interactive {
-        /// Give the process a pty.
-        terminal: Option<Terminal>,
-        /// Connect stdin (without a terminal; a pty is always read and written).
-        stdin: bool,
-    },
-}
-
-/// A request to the monitor.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum Request {
-    /// Create a container from a bundle directory.
-    Create {
-        /// Container id.
-        id: String,
-        /// Bundle directory.
-        bundle: PathBuf,
-        /// Overlay root filesystem.
-        overlay: Option<Overlay>,
-        /// Directories deleted with the container.
-        owned_dirs: Vec<PathBuf>,
-        /// CRI log file for stdout/stderr (None: discard).
-        log: Option<LogTarget>,
-        /// Keep the container's stdin open (a pipe attachers write to); without it,
-        /// and without a terminal, stdin is `/dev/null`.
-        #[serde(default)]
-        stdin: bool,
-        /// With `stdin`: the first attacher gets the pipe itself, so the container reads
-        /// end of file once that attacher closes it (Kubernetes' `stdinOnce`).
-        #[serde(default)]
-        stdin_once: bool,
-    },
-    /// Attach to a container's stdio: output from now on, and its terminal.
-    Attach {
-        /// Container id.
-        id: String,
-        /// Also write its stdin (`kubectl attach -i`). Only such an attacher takes a
-        /// `stdin_once` container's pipe.
-        #[serde(default)]
-        stdin: bool,
-    },
-    /// Exec a process in a running container.
-    Exec {
-        /// Container id.
-        id: String,
-        /// The process.
-        process: ExecProcess,
-        /// How its standard streams are wired and what the replies carry.
-        mode: ExecMode,
-    },
-    /// Create new namespaces (`flags`: CLONE_NEWNET/IPC/UTS) and pin them by bind
-    /// mounts onto `dir/{net,ipc,uts}`, so they live without a process.
-    PinNamespaces {
-        /// Directory for the pin files.
-        dir: PathBuf,
-        /// CLONE_NEW* flags.
-        flags: i32,
-        /// Hostname set in the new uts namespace.
-        hostname: String,
-        /// Namespaced sysctls set inside.
-        sysctls: Vec<(String, String)>,
-    },
-    /// Stream exit events.
-    Subscribe,
-    /// Exit now if no container is alive.
-    Shutdown,
-}
-
-/// An event from the monitor.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "event", rename_all = "snake_case")]
-pub enum Event {
-    /// A container's init process exited.
-    Exit {
-        /// Container id.
-        id: String,
-        /// Its host pid.
-        pid: i32,
-        /// Exit code (128 + signal when killed).
-        code: i32,
-        /// Killed by the OOM killer.
-        oom_killed: bool,
-        /// Unix nanoseconds (u64: serde's tagged enums cannot carry u128).
-        finished_unix_nanos: u64,
-    },
-}
-
-/// An answer from the monitor.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "reply", rename_all = "snake_case")]
-pub enum Reply {
-    /// Done.
-    Ok,
-    /// A container was created.
-    Created {
-        /// Its init's host pid.
-        pid: i32,
-    },
-    /// An exec process started.
-    ExecStarted {
-        /// Its host pid.
-        pid: i32,
-    },
-    /// An attach started. Passed by `SCM_RIGHTS` with this reply: the read end of the
-    /// output pipe, then with `terminal` the pty master (for resizing, and for input
-    /// with `stdin`), else the read end of the stderr pipe followed, with `stdin`, by
-    /// the write end of the container's stdin. `exec_done` follows when the container
-    /// exits.
-    Attached {
-        /// The container has a terminal (one output stream).
-        terminal: bool,
-        /// The attacher may write the container's stdin.
-        stdin: bool,
-    },
-    /// A captured exec ended (also: an attached container exited).
-    ExecDone {
-        /// Exit code.
-        code: i32,
-        /// Its standard output.
-        stdout: String,
-        /// Its standard error.
-        stderr: String,
-    },
-    /// An event (subscribers only).
-    Event(Event),
-    /// The request failed.
-    Error {
-        /// Which kind of failure (`not_found`, `already_exists`, `invalid_state`,
-        /// `invalid_argument`, `unavailable`, `other`).
-        kind: String,
-        /// The full message.
-        message: String,
-    },
-}
-
-impl Reply {
-    fn error(e: &Error) -> Reply {
-        let kind = match e {
-            Error::NotFound(_) => "not_found",
-            Error::AlreadyExists(_) => "already_exists",
-            Error::InvalidState { .. } | Error::NotAttachable { .. } => "invalid_state",
-            Error::InvalidId(_)
-            | Error::ConfigParse { .. }
-            | Error::ConfigField { .. }
-            | Error::ConfigRead { .. }
-            | Error::RootfsMissing { .. }
-            | Error::UnknownUser { .. } => "invalid_argument",
-            _ => "other",
-        };
-        Reply::Error {
-            kind: kind.into(),
-            message: e.to_string(),
-        }
-    }
 }
 
 struct Client {
@@ -1038,13 +856,4 @@ impl Monitor {
             }
         }
     }
-}
-
-/// Reads one line from a blocking stream (used by the synchronous helpers below).
-pub fn read_reply(stream: &mut io::BufReader<UnixStream>) -> io::Result<Reply> {
-    let mut line = String::new();
-    if stream.read_line(&mut line)? == 0 {
-        return Err(io::ErrorKind::UnexpectedEof.into());
-    }
-    serde_json::from_str(&line).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
