@@ -61,6 +61,11 @@ impl Bundle {
 
 /// Parses config JSON, naming the failing field's JSON path in the error.
 pub fn parse(path: &Path, text: &[u8]) -> Result<Spec> {
+    // The common case, a valid config, without the cost of tracking the path; only a
+    // failure is parsed again to name the field.
+    if let Ok(spec) = serde_json::from_slice(text) {
+        return Ok(spec);
+    }
     let de = &mut serde_json::Deserializer::from_slice(text);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let field = e.path().to_string();
