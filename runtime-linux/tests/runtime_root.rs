@@ -635,6 +635,7 @@ async fn read_until<R: tokio::io::AsyncRead + Unpin + ?Sized>(r: &mut R, until: 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn interactive_exec_with_and_without_tty() {
+    let _ptys = PTYS.lock().await;
     use tokio::io::AsyncWriteExt;
     use wharf_core::backend::runtime::ExecRequest;
     let env = Env::new("exec-tty").await;
@@ -975,6 +976,7 @@ async fn unstarted_containers_hold_no_other_containers_stdio() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn tty_container_is_logged_attached_and_resized() {
+    let _ptys = PTYS.lock().await;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let env = Env::new("attach-tty").await;
     let fds_before = monitor_fds_settled(&env).await;
@@ -1076,6 +1078,11 @@ async fn an_attacher_that_does_not_read_is_detached_with_the_pipe_size() {
     env.finish().await;
 }
 
+/// Held by every test that gives this process a pty master:
+/// `an_attacher_clearing_nonblocking_on_the_pty_does_not_stall_the_monitor` changes the
+/// flags of the masters that appear while it attaches, which must all be its own.
+static PTYS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Pty masters among this process's descriptors.
 fn pty_masters() -> std::collections::HashSet<i32> {
     std::fs::read_dir("/proc/self/fd")
@@ -1091,6 +1098,7 @@ fn pty_masters() -> std::collections::HashSet<i32> {
 #[tokio::test(flavor = "multi_thread")]
 #[allow(unsafe_code)]
 async fn an_attacher_clearing_nonblocking_on_the_pty_does_not_stall_the_monitor() {
+    let _ptys = PTYS.lock().await;
     use tokio::io::AsyncWriteExt;
     let env = Env::new("attach-blocking").await;
     let mut cfg = env.config("term", &["sh", "-c", "read x; echo got $x; sleep 100"]);
