@@ -40,6 +40,9 @@ pub struct CreateOptions {
     /// With `process.terminal` and no console socket: keep the pty master and return
     /// it from [`Engine::create_with_console`] (the monitor serves it to attachers).
     pub keep_console: bool,
+    /// Pass the caller's descriptors 3 … 3+N-1 to the container's process (runc's
+    /// `--preserve-fds`); every other descriptor is closed in the child.
+    pub preserve_fds: u32,
 }
 
 /// A terminal for an exec'd process.
@@ -325,6 +328,7 @@ impl Engine {
         cg.allow_devices(id, linux.devices().as_deref().unwrap_or(&[]))?;
         plan::set_cgroup(&mut plan, &cg);
         plan.stdio = opts.stdio;
+        plan.process.preserve_fds = opts.preserve_fds;
         plan.process.seccomp = seccomp;
         plan.terminal = terminal;
         plan.console_size = process.console_size().map(|b| {

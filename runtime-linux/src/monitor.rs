@@ -605,6 +605,9 @@ impl Monitor {
             pid_file: None,
             console_socket: None,
             keep_console: terminal,
+            // The monitor's own descriptors (its socket, other containers' pipes) never
+            // reach a container.
+            preserve_fds: 0,
         };
         let (rec, console) = self.engine.create_with_console(id, &bundle, &opts)?;
         let ends = stdio.into_parent_ends();

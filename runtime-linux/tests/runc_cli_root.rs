@@ -527,3 +527,55 @@ fn create_and_start_container_hooks_run_at_their_points() {
     assert!(text(&r).contains("createContainer hook"), "{}", text(&r));
     assert_nothing_left(&state);
 }
+
+#[test]
+fn preserve_fds_passes_descriptors_to_the_container() {
+    let root = Root(TempDir::new("cli-fds"));
+    let b = root.0.path().join("b");
+    // The container writes to descriptor 3 and lists its descriptors: with
+    // --preserve-fds 1 it has 0-3 only (4 and up were the runtime's, and are closed).
+    common::write_bundle(
+        &b,
+        &common::spec(
+            &root.rootfs(),
+            &["sh", "-c", "echo through-3 >&3; ls /proc/self/fd >&3"],
+        ),
+    );
+    let out = root.0.path().join("fd3");
+    let state = root.0.path().join("state");
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg(r#"exec "$0" --root "$1" run --preserve-fds 1 --bundle "$2" fds 3>"$3" 4</dev/null"#)
+        .arg(env!("CARGO_BIN_EXE_wharf-runc"))
+        .arg(&state)
+        .arg(&b)
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let written = std::fs::read_to_string(&out).unwrap();
+    let mut lines = written.lines();
+    assert_eq!(lines.next(), Some("through-3"), "{written:?}");
+    // `ls` opens one descriptor of its own for the directory it reads.
+    let fds: Vec<u32> = lines.map(|l| l.parse().unwrap()).collect();
+    assert!(fds.starts_with(&[0, 1, 2, 3]), "{fds:?}");
+    assert!(
+        fds.len() <= 5,
+        "descriptors beyond 3 reached the container: {fds:?}"
+    );
+    // Without the flag, descriptor 3 is closed in the container.
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg(r#"exec "$0" --root "$1" run --bundle "$2" nofds 3>"$3""#)
+        .arg(env!("CARGO_BIN_EXE_wharf-runc"))
+        .arg(&state)
+        .arg(&b)
+        .arg(root.0.path().join("unused"))
+        .output()
+        .unwrap();
+    assert_ne!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(
+        std::fs::read_to_string(root.0.path().join("unused")).unwrap(),
+        ""
+    );
+}

@@ -554,13 +554,14 @@ const FORWARDED: [i32; 8] = [
 
 fn create(engine: &Engine, c: &CreateArgs) -> Result<wharf_runtime_linux::state::Record, Error> {
     let bundle = Bundle::load(&c.id, &c.bundle)?;
-    let _ = (c.no_pivot, c.no_new_keyring, c.preserve_fds);
+    let _ = (c.no_pivot, c.no_new_keyring);
     engine.create(
         &c.id,
         &bundle,
         &CreateOptions {
             pid_file: c.pid_file.clone(),
             console_socket: c.console_socket.clone(),
+            preserve_fds: c.preserve_fds,
             ..CreateOptions::default()
         },
     )
