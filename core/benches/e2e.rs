@@ -124,20 +124,29 @@ fn cpu_time() -> Duration {
     Duration::from_millis(fields.iter().sum::<u64>() * 10)
 }
 
-/// Per-controller counters, to print the difference a phase made.
-fn counters(cluster: &Cluster) -> Vec<(String, MetricsSnapshot)> {
-    cluster
+/// Per-controller counters and the store's resourceVersion (its count of writes), to print
+/// the difference a phase made.
+async fn counters(cluster: &Cluster) -> (Vec<(String, MetricsSnapshot)>, u64) {
+    let metrics = cluster
         .controller_metrics()
         .iter()
         .map(|(name, m)| (name.clone(), m.snapshot()))
-        .collect()
+        .collect();
+    let rv = cluster
+        .store()
+        .current_resource_version()
+        .await
+        .unwrap_or_default();
+    (metrics, rv)
 }
 
-fn trace(phase: &str, before: &[(String, MetricsSnapshot)], cluster: &Cluster) {
+async fn trace(phase: &str, before: &(Vec<(String, MetricsSnapshot)>, u64), cluster: &Cluster) {
     if std::env::var_os("WHARF_E2E_TRACE").is_none() {
         return;
     }
-    for ((name, a), (_, b)) in before.iter().zip(counters(cluster)) {
+    let (after, rv) = counters(cluster).await;
+    println!("    {phase} store: {} writes", rv - before.1);
+    for ((name, a), (_, b)) in before.0.iter().zip(after) {
         if b.reconciles > a.reconciles {
             println!(
                 "    {phase} {name}: {} reconciles ({} triggers merged), {} errors, {} requeues, busy {:.3} s",
@@ -166,7 +175,7 @@ async fn run(n: usize) -> (Phase, Phase) {
     let cluster = cluster((n / 10).max(1)).await;
     let api: Api<Deployment> = cluster.api("default");
 
-    let before = counters(&cluster);
+    let before = counters(&cluster).await;
     let (start, cpu) = (Instant::now(), cpu_time());
     api.create(deployment(n as i32, "app:v1")).await.unwrap();
     rolled_out(&api, n as i32).await;
@@ -174,9 +183,9 @@ async fn run(n: usize) -> (Phase, Phase) {
         wall: start.elapsed(),
         cpu: cpu_time() - cpu,
     };
-    trace("apply", &before, &cluster);
+    trace("apply", &before, &cluster).await;
 
-    let before = counters(&cluster);
+    let before = counters(&cluster).await;
     let (start, cpu) = (Instant::now(), cpu_time());
     let mut d = api.get("e2e").await.unwrap().to_owned_value();
     let spec = d.spec.as_mut().unwrap().template.spec.as_mut().unwrap();
@@ -187,7 +196,7 @@ async fn run(n: usize) -> (Phase, Phase) {
         wall: start.elapsed(),
         cpu: cpu_time() - cpu,
     };
-    trace("update", &before, &cluster);
+    trace("update", &before, &cluster).await;
 
     cluster.shutdown().await;
     (create, update)

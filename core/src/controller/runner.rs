@@ -9,11 +9,15 @@ use tokio_util::sync::CancellationToken;
 
 use super::metrics::Metrics;
 use super::queue::{self, Outcome, QueueSettings};
-use super::{Context, ObjectKey, Reconciler};
+use super::{CacheEvent, Context, ObjectKey, Reconciler};
 use crate::object::{Kind, Object};
 
 /// Maps a changed object of a watched kind to the keys of primary objects to reconcile.
 pub type Mapper = Arc<dyn Fn(&Object, &Context) -> Vec<ObjectKey> + Send + Sync>;
+
+/// Says whether a change of a watched kind can matter to a controller (see
+/// [`Controller::watches_changes`]).
+pub type ChangeFilter = Arc<dyn Fn(&CacheEvent) -> bool + Send + Sync>;
 
 /// Tuning of a controller's runner.
 #[derive(Clone, Copy, Debug)]
@@ -63,7 +67,7 @@ pub struct Controller<R> {
     kind: Kind,
     reconciler: Arc<R>,
     owns: Vec<Kind>,
-    watches: Vec<(Kind, Mapper)>,
+    watches: Vec<(Kind, Mapper, Option<ChangeFilter>)>,
     config: ControllerConfig,
     metrics: Arc<Metrics>,
 }
@@ -96,7 +100,21 @@ impl<R: Reconciler> Controller<R> {
         kind: Kind,
         mapper: impl Fn(&Object, &Context) -> Vec<ObjectKey> + Send + Sync + 'static,
     ) -> Self {
-        self.watches.push((kind, Arc::new(mapper)));
+        self.watches.push((kind, Arc::new(mapper), None));
+        self
+    }
+
+    /// As [`watches`](Self::watches), for the changes `relevant` lets through only: it sees
+    /// the whole change (old and new state), so a controller can ignore updates that cannot
+    /// affect it, such as a Node's heartbeats.
+    pub fn watches_changes(
+        mut self,
+        kind: Kind,
+        relevant: impl Fn(&CacheEvent) -> bool + Send + Sync + 'static,
+        mapper: impl Fn(&Object, &Context) -> Vec<ObjectKey> + Send + Sync + 'static,
+    ) -> Self {
+        self.watches
+            .push((kind, Arc::new(mapper), Some(Arc::new(relevant))));
         self
     }
 
@@ -122,33 +140,26 @@ impl<R: Reconciler> Controller<R> {
         let mut forwarders = JoinSet::new();
         let primary = ctx.informers.get(&self.kind);
 
-        let mut sources: Vec<(Kind, Mapper)> = Vec::new();
-        sources.push((
-            self.kind.clone(),
-            Arc::new(|o: &Object, _: &Context| vec![ObjectKey::of(o)]),
-        ));
+        let mut sources: Vec<(Kind, Source)> = vec![(self.kind.clone(), Source::Primary)];
         for owned in &self.owns {
-            let owner_kind = self.kind.clone();
+            sources.push((owned.clone(), Source::Owned(self.kind.clone())));
+        }
+        for (kind, mapper, relevant) in &self.watches {
             sources.push((
-                owned.clone(),
-                Arc::new(move |o: &Object, _: &Context| {
-                    controller_owner(o, &owner_kind).into_iter().collect()
-                }),
+                kind.clone(),
+                Source::Watched(mapper.clone(), relevant.clone()),
             ));
         }
-        sources.extend(self.watches.iter().cloned());
-        for (kind, mapper) in sources {
+        for (kind, source) in sources {
             let informer = ctx.informers.get(&kind);
             let mut events = informer.subscribe();
             let tx = tx.clone();
             let ctx = ctx.clone();
             forwarders.spawn(async move {
                 while let Some(event) = events.recv().await {
-                    for object in event.objects() {
-                        for key in mapper(object, &ctx) {
-                            if tx.send(key).is_err() {
-                                return;
-                            }
+                    for key in source.keys(&event, &ctx) {
+                        if tx.send(key).is_err() {
+                            return;
                         }
                     }
                 }
@@ -200,6 +211,61 @@ impl<R: Reconciler> Controller<R> {
         .await;
         forwarders.abort_all();
     }
+}
+
+/// Where a controller's triggers come from, and how a change becomes keys to reconcile.
+enum Source {
+    /// The reconciled kind: the changed object itself.
+    Primary,
+    /// An owned kind: the object's controller owner of this kind.
+    Owned(Kind),
+    /// A watched kind: what the mapper names, for the changes the filter lets through.
+    Watched(Mapper, Option<ChangeFilter>),
+}
+
+impl Source {
+    /// The keys `event` triggers, each once.
+    fn keys(&self, event: &CacheEvent, ctx: &Context) -> Vec<ObjectKey> {
+        let (old, new) = match event {
+            CacheEvent::Applied { old, new } => (old.as_deref(), &**new),
+            CacheEvent::Deleted(object) => (None, &**object),
+        };
+        match self {
+            // A name never changes: the old state names the same object.
+            Source::Primary => vec![ObjectKey::of(new)],
+            Source::Owned(owner) => {
+                let mut keys: Vec<ObjectKey> = controller_owner(new, owner).into_iter().collect();
+                // The old state matters only when the object changed hands.
+                if let Some(old) = old.filter(|old| controller_ref(old) != controller_ref(new)) {
+                    keys.extend(controller_owner(old, owner));
+                }
+                keys
+            }
+            Source::Watched(mapper, relevant) => {
+                if relevant.as_ref().is_some_and(|r| !r(event)) {
+                    return Vec::new();
+                }
+                let mut keys = mapper(new, ctx);
+                for key in old.map(|o| mapper(o, ctx)).unwrap_or_default() {
+                    if !keys.contains(&key) {
+                        keys.push(key);
+                    }
+                }
+                keys
+            }
+        }
+    }
+}
+
+fn controller_ref(
+    object: &Object,
+) -> Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference> {
+    object
+        .meta()
+        .owner_references
+        .as_ref()?
+        .iter()
+        .find(|r| r.controller == Some(true))
 }
 
 /// The key of `object`'s controller owner, when that owner is of `kind`.

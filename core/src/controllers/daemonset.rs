@@ -37,6 +37,7 @@ use k8s_openapi::api::core::v1::{
     Affinity, Node, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod,
     PodSpec, Toleration,
 };
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use super::deployment::strategy::resolve;
 use super::history::{self, CONTROLLER_REVISION_HASH};
@@ -45,7 +46,9 @@ use super::ownership::{claim, selector_of};
 use super::pod_state::{check_available, is_finished, is_ready, is_terminating};
 use super::replicaset::{create_pods, delete_pods, pod_from_template};
 use crate::clock::from_k8s_time;
-use crate::controller::{Action, Context, Controller, ControllerError, ObjectKey, Reconciler};
+use crate::controller::{
+    Action, CacheEvent, Context, Controller, ControllerError, ObjectKey, Reconciler,
+};
 use crate::object::{Kind, Object, Resource, Typed};
 use crate::scheduler::framework::NodeInfo;
 use crate::scheduler::plugins::{required_node_affinity_matches, required_terms, tolerates};
@@ -73,13 +76,14 @@ pub const NETWORK_UNAVAILABLE_TAINT: &str = "node.kubernetes.io/network-unavaila
 pub struct DaemonSetController;
 
 impl DaemonSetController {
-    /// The controller, ready to run. Any node change reconciles every DaemonSet, since it
-    /// may make the node eligible or not.
+    /// The controller, ready to run. A node that comes, goes, or changes in what can make it
+    /// eligible or not ([`eligibility_may_change`]) reconciles every DaemonSet; heartbeats do
+    /// not.
     pub fn controller() -> Controller<DaemonSetController> {
         Controller::new("daemonset", Kind::DaemonSet, DaemonSetController)
             .owns(Kind::Pod)
             .owns(Kind::ControllerRevision)
-            .watches(Kind::Node, |_node, ctx| {
+            .watches_changes(Kind::Node, eligibility_may_change, |_node, ctx| {
                 ctx.informers
                     .get(&Kind::DaemonSet)
                     .list()
@@ -88,6 +92,43 @@ impl DaemonSetController {
                     .collect()
             })
     }
+}
+
+/// Whether a Node change can change which DaemonSets should run on it: the node was added or
+/// removed, or its labels, spec (taints, unschedulable), allocatable resources or conditions'
+/// statuses changed. A status write that only renews heartbeat times, addresses or images does
+/// not (Kubernetes' `shouldIgnoreNodeUpdate`).
+pub fn eligibility_may_change(event: &CacheEvent) -> bool {
+    let CacheEvent::Applied {
+        old: Some(old),
+        new,
+    } = event
+    else {
+        return true;
+    };
+    let (Some(old), Some(new)) = (old.as_kind::<Node>(), new.as_kind::<Node>()) else {
+        return true;
+    };
+    fn conditions(n: &Node) -> Vec<(&str, &str)> {
+        let mut c: Vec<(&str, &str)> = n
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .into_iter()
+            .flatten()
+            .map(|c| (c.type_.as_str(), c.status.as_str()))
+            .collect();
+        c.sort_unstable();
+        c
+    }
+    fn allocatable(n: &Node) -> Option<&BTreeMap<String, Quantity>> {
+        n.status.as_ref()?.allocatable.as_ref()
+    }
+    old.metadata.labels != new.metadata.labels
+        || old.metadata.deletion_timestamp != new.metadata.deletion_timestamp
+        || old.spec != new.spec
+        || allocatable(old) != allocatable(new)
+        || conditions(old) != conditions(new)
 }
 
 /// Adds (or updates) `toleration` in `spec`, replacing one with the same key, operator, value
@@ -227,6 +268,9 @@ struct Sync<'a> {
     spec: DaemonSetSpec,
     hash: String,
     placements: Vec<Placement>,
+    /// Every node with whether a pod should run there and whether one may stay, judged once
+    /// per reconcile.
+    eligibility: Vec<(String, bool, bool)>,
     /// Pods for nodes that do not exist (or that name no node).
     strays: Vec<Arc<Object>>,
     wait: Option<Duration>,
@@ -265,11 +309,13 @@ impl Reconciler for DaemonSetController {
             object,
             hash,
             placements: Vec::new(),
+            eligibility: Vec::new(),
             strays: Vec::new(),
             wait: None,
             spec,
         };
-        sync.place(owned, nodes.list());
+        sync.judge_nodes(nodes.list());
+        sync.place(owned);
         let changed = sync.manage().await?;
         if !changed && sync.rolling() {
             sync.rolling_update().await?;
@@ -277,7 +323,7 @@ impl Reconciler for DaemonSetController {
 
         // Status from the cache, which now reflects this reconcile's writes.
         let owned = pods.owned_by(sync.object.uid());
-        sync.place(owned, nodes.list());
+        sync.place(owned);
         let mut live: BTreeSet<String> = BTreeSet::new();
         for p in sync
             .placements
@@ -355,8 +401,22 @@ impl Sync<'_> {
         check_available(p, self.min_ready(), self.ctx.clock.now(), &mut self.wait)
     }
 
-    /// Groups `owned` pods by node and judges every node.
-    fn place(&mut self, owned: Vec<Arc<Object>>, nodes: Vec<Arc<Object>>) {
+    /// Judges every node: whether a pod should run there and whether one may stay.
+    fn judge_nodes(&mut self, nodes: Vec<Arc<Object>>) {
+        let spec = self.pod_spec();
+        self.eligibility = nodes
+            .into_iter()
+            .filter(|n| n.as_kind::<Node>().is_some())
+            .map(|node| {
+                let info = NodeInfo::new(node);
+                let (should_run, should_continue) = should_run(&spec, &info);
+                (info.name, should_run, should_continue)
+            })
+            .collect();
+    }
+
+    /// Groups `owned` pods by the nodes [`judge_nodes`](Self::judge_nodes) judged.
+    fn place(&mut self, owned: Vec<Arc<Object>>) {
         let mut by_node: BTreeMap<String, Vec<Arc<Object>>> = BTreeMap::new();
         self.strays.clear();
         for object in owned {
@@ -370,19 +430,16 @@ impl Sync<'_> {
                 None => self.strays.push(object),
             }
         }
-        let spec = self.pod_spec();
-        self.placements = nodes
-            .into_iter()
-            .filter(|n| n.as_kind::<Node>().is_some())
-            .map(|node| {
-                let info = NodeInfo::new(node);
-                let (should_run, should_continue) = should_run(&spec, &info);
-                let mut pods = by_node.remove(&info.name).unwrap_or_default();
+        self.placements = self
+            .eligibility
+            .iter()
+            .map(|(node, should_run, should_continue)| {
+                let mut pods = by_node.remove(node).unwrap_or_default();
                 pods.sort_by_key(created);
                 Placement {
-                    node: info.name,
-                    should_run,
-                    should_continue,
+                    node: node.clone(),
+                    should_run: *should_run,
+                    should_continue: *should_continue,
                     pods,
                 }
             })
@@ -642,5 +699,91 @@ mod tests {
         add_daemon_tolerations(&mut spec);
         add_daemon_tolerations(&mut spec);
         assert_eq!(spec.tolerations.as_ref().unwrap().len(), 7);
+    }
+
+    #[test]
+    fn only_changes_that_can_affect_eligibility_trigger_a_reconcile() {
+        use crate::clock::to_k8s_time;
+        use k8s_openapi::api::core::v1::{NodeCondition, NodeStatus};
+        use std::time::{Duration, UNIX_EPOCH};
+
+        let at = |secs: u64| to_k8s_time(UNIX_EPOCH + Duration::from_secs(secs));
+        let base = |heartbeat: u64| {
+            let mut n = node("a", &[("zone", "x")], &[])
+                .node
+                .as_kind::<Node>()
+                .unwrap()
+                .clone();
+            n.status = Some(NodeStatus {
+                conditions: Some(vec![NodeCondition {
+                    type_: "Ready".into(),
+                    status: "True".into(),
+                    last_heartbeat_time: Some(at(heartbeat)),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            });
+            n
+        };
+        let change = |old: &Node, new: &Node| CacheEvent::Applied {
+            old: Some(Arc::new(Object::from(old.clone()))),
+            new: Arc::new(Object::from(new.clone())),
+        };
+        let old = base(100);
+
+        // A heartbeat (and a new resourceVersion) alone: nothing to do.
+        let mut heartbeat = base(110);
+        heartbeat.metadata.resource_version = Some("7".into());
+        assert!(!eligibility_may_change(&change(&old, &heartbeat)));
+
+        let mut labelled = base(100);
+        labelled
+            .metadata
+            .labels
+            .get_or_insert_with(Default::default)
+            .insert("disk".into(), "ssd".into());
+        assert!(eligibility_may_change(&change(&old, &labelled)));
+
+        let mut tainted = base(100);
+        tainted.spec.get_or_insert_with(Default::default).taints = Some(vec![Taint {
+            key: "k".into(),
+            effect: "NoSchedule".into(),
+            ..Default::default()
+        }]);
+        assert!(eligibility_may_change(&change(&old, &tainted)));
+
+        let mut cordoned = base(100);
+        cordoned
+            .spec
+            .get_or_insert_with(Default::default)
+            .unschedulable = Some(true);
+        assert!(eligibility_may_change(&change(&old, &cordoned)));
+
+        let mut not_ready = base(110);
+        not_ready
+            .status
+            .as_mut()
+            .unwrap()
+            .conditions
+            .as_mut()
+            .unwrap()[0]
+            .status = "Unknown".into();
+        assert!(eligibility_may_change(&change(&old, &not_ready)));
+
+        let mut bigger = base(100);
+        bigger.status.as_mut().unwrap().allocatable = Some(
+            [("cpu".to_string(), Quantity("8".into()))]
+                .into_iter()
+                .collect(),
+        );
+        assert!(eligibility_may_change(&change(&old, &bigger)));
+
+        // A node that comes or goes always does.
+        let object = Arc::new(Object::from(old.clone()));
+        assert!(eligibility_may_change(&CacheEvent::Applied {
+            old: None,
+            new: object.clone()
+        }));
+        assert!(eligibility_may_change(&CacheEvent::Deleted(object)));
     }
 }

@@ -180,7 +180,11 @@ impl Reconciler for NodeLifecycleController {
             // A node that never reported: count from its creation.
             .or_else(|| node.metadata.creation_timestamp.as_ref().map(from_k8s_time))
             .unwrap_or(now);
-        let mut next = heartbeat + self.grace_period;
+        // When to look again: when the heartbeat would go stale (while it is fresh: a later
+        // heartbeat is a change that reconciles anyway), or when a pod's eviction is due. A
+        // node already stale with nothing due waits for a change instead of polling.
+        let stale_at = heartbeat + self.grace_period;
+        let mut next = (stale_at > now).then_some(stale_at);
         let mut updated = node.to_owned_value();
         let mut status_changed = false;
 
@@ -301,13 +305,18 @@ impl Reconciler for NodeLifecycleController {
                             Err(e) => return Err(ControllerError::store("evict", &pod_object, e)),
                         }
                     }
-                    Some(at) => next = next.min(at).max(now),
+                    Some(at) => next = Some(next.map_or(at, |n| n.min(at)).max(now)),
                     None => {}
                 }
             }
         }
-        let wait = next.duration_since(now).unwrap_or_default();
-        Ok(Action::requeue(wait.max(Duration::from_secs(1))))
+        Ok(match next {
+            Some(at) => {
+                let wait = at.duration_since(now).unwrap_or_default();
+                Action::requeue(wait.max(Duration::from_secs(1)))
+            }
+            None => Action::AwaitChange,
+        })
     }
 }
 

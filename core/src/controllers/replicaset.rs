@@ -221,10 +221,17 @@ impl Reconciler for ReplicaSetController {
         if rs.status.as_ref() != Some(&status) {
             let mut updated = rs.to_owned_value();
             updated.status = Some(status);
-            ctx.store
+            let written = ctx
+                .store
                 .update_status(updated.into_object())
                 .await
                 .map_err(|e| ControllerError::store("update status of", &object, e))?;
+            // The next reconcile reads the ReplicaSet from the informer: once it holds this
+            // write, that reconcile does not conflict on a stale resourceVersion.
+            ctx.informers
+                .get(&Kind::ReplicaSet)
+                .wait_observed(&Observed::Written(written))
+                .await;
         }
         if let Some(e) = manage_error {
             return Err(e);

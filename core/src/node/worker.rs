@@ -14,6 +14,7 @@ use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Container, LifecycleHandler, Pod, PodStatus, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -194,11 +195,8 @@ impl PodWorker {
         self.machine.observe(Observation::PodUpdated(pod), now);
         let mut pending: Pending = FuturesUnordered::new();
         loop {
+            self.settle(&mut pending);
             let now = self.ctx.now();
-            for action in self.machine.decide(now) {
-                tracing::trace!(pod = ?self.machine.pod.metadata.name, ?action, "action");
-                pending.push(self.execute(action));
-            }
             self.write_status(now).await;
             if self.machine.is_finished() {
                 break;
@@ -206,14 +204,7 @@ impl PodWorker {
             let wake = self.machine.next_wakeup(now);
             tokio::select! {
                 Some(observations) = pending.next(), if !pending.is_empty() => {
-                    let now = self.ctx.now();
-                    for o in observations {
-                        tracing::trace!(pod = ?self.machine.pod.metadata.name, observation = ?o, "outcome");
-                        if let Observation::SandboxReady(id) = &o {
-                            self.ctx.route(id, Some(&self.tx));
-                        }
-                        self.machine.observe(o, now);
-                    }
+                    self.take(observations);
                 }
                 event = self.rx.recv() => {
                     let now = self.ctx.now();
@@ -317,6 +308,38 @@ impl PodWorker {
         );
     }
 
+    /// Starts what the machine decides and takes in every outcome that is already there,
+    /// until nothing more completes at once: a run of steps that finish immediately (as on
+    /// simulated backends) ends in one status write, as one kubelet sync does, instead of one
+    /// write per step.
+    fn settle(&mut self, pending: &mut Pending) {
+        loop {
+            let now = self.ctx.now();
+            for action in self.machine.decide(now) {
+                tracing::trace!(pod = ?self.machine.pod.metadata.name, ?action, "action");
+                pending.push(self.execute(action));
+            }
+            // Polling with a no-op waker is sound here: the caller polls `pending` again with
+            // its own waker (in its select) before it waits.
+            match pending.next().now_or_never() {
+                Some(Some(observations)) => self.take(observations),
+                _ => return,
+            }
+        }
+    }
+
+    /// Feeds the outcomes of one action to the machine.
+    fn take(&mut self, observations: Vec<Observation>) {
+        let now = self.ctx.now();
+        for o in observations {
+            tracing::trace!(pod = ?self.machine.pod.metadata.name, observation = ?o, "outcome");
+            if let Observation::SandboxReady(id) = &o {
+                self.ctx.route(id, Some(&self.tx));
+            }
+            self.machine.observe(o, now);
+        }
+    }
+
     async fn write_status(&mut self, now: Now) {
         if self.machine.frozen || self.machine.gone {
             return;
@@ -355,9 +378,19 @@ impl PodWorker {
         if self.written.as_ref() == Some(&status) {
             return;
         }
-        let mut pod = self.machine.pod.to_owned_value();
-        pod.status = Some(status.clone());
-        pod.metadata.resource_version = None;
+        // The status subresource takes only the status (and checks the uid): the pod's
+        // metadata and spec are not copied into the write.
+        let meta = &self.machine.pod.metadata;
+        let pod = Pod {
+            metadata: ObjectMeta {
+                name: meta.name.clone(),
+                namespace: meta.namespace.clone(),
+                uid: meta.uid.clone(),
+                ..Default::default()
+            },
+            spec: None,
+            status: Some(status.clone()),
+        };
         match self.ctx.store.update_status(pod.into_object()).await {
             Ok(_) => self.written = Some(status),
             Err(StoreError::NotFound { .. }) => {}

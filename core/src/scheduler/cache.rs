@@ -106,6 +106,34 @@ impl ClusterCache {
         true
     }
 
+    /// Takes a newer version of a pod already accounted on `node_name` when it asks for what
+    /// its accounting holds (the usual case: a status update of a bound pod). Its entry then
+    /// refers to the new object and the node's totals stay as they are. Returns false when the
+    /// pod is not accounted there or its inputs changed; the caller then places it afresh.
+    pub fn refresh_placed(&mut self, object: &Arc<crate::Object>, node_name: &str) -> bool {
+        let uid = object.uid();
+        if self.placed.get(uid).map(String::as_str) != Some(node_name) {
+            return false;
+        }
+        let Some(&i) = self.index.get(node_name) else {
+            return false;
+        };
+        let Some(entry) = self.nodes[i]
+            .pods
+            .iter_mut()
+            .find(|p| p.object.uid() == uid)
+        else {
+            return false;
+        };
+        match entry.refreshed_if_same(object) {
+            Some(info) => {
+                *entry = Arc::new(info);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Removes the placement `pod` made, if it is still the pod's accounting (no newer version
     /// of the pod has been placed, and it was not removed since); returns whether it was.
     pub fn forget_assumed(&mut self, pod: &Arc<PodInfo>) -> bool {

@@ -246,13 +246,19 @@ impl Scheduler {
         let Some(pod) = object.as_kind::<Pod>() else {
             return;
         };
-        let key = pod_key(&object);
         let node_name = pod
             .spec
             .as_ref()
             .and_then(|s| s.node_name.as_deref())
             .unwrap_or("");
-        if deleted || is_terminal(pod) {
+        let terminal = deleted || is_terminal(pod);
+        // Most events are status updates of bound pods: their accounting stays, and a pod
+        // accounted on a node is not in the queue.
+        if !terminal && !node_name.is_empty() && self.cache.refresh_placed(&object, node_name) {
+            return;
+        }
+        let key = pod_key(&object);
+        if terminal {
             let was_placed = self.cache.placed_on(object.uid()).is_some();
             self.cache.unplace(object.uid());
             self.queue.remove(&key);

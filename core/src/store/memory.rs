@@ -253,19 +253,25 @@ impl MemoryStore {
                 return Err(conflict(rv, &old));
             }
         }
-        let new = if status_only {
-            let mut new = Object::clone(&old);
+        if status_only {
             meta::check_uid(&kind, old.meta(), object.meta())?;
-            if !meta::copy_status(&object, &mut new) {
-                return Err(StoreError::Invalid {
+            // Metadata and spec are the stored ones, so the status decides whether anything
+            // changed, and a status write never finalizes an object.
+            return match meta::with_status(&old, object) {
+                Some(Some(new)) => {
+                    Ok(shared.commit(state, &kind, ChangeType::Modified, new, Some(old)))
+                }
+                // Nothing changed: no new resourceVersion and no event, as the API server does.
+                Some(None) => Ok(old),
+                None => Err(StoreError::Invalid {
                     kind: kind.name().to_string(),
                     name,
                     field: "status".into(),
                     message: format!("{kind} has no status"),
-                });
-            }
-            new
-        } else {
+                }),
+            };
+        }
+        let new = {
             meta::merge_update_meta(&kind, old.meta(), object.meta_mut())?;
             meta::keep_namespace_finalizers(&old, &mut object);
             meta::copy_status(&old, &mut object);

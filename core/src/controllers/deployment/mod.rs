@@ -25,7 +25,7 @@
 mod status;
 pub mod strategy;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -106,6 +106,10 @@ struct Sync<'a> {
     pods: Informer,
     conditions: Vec<DeploymentCondition>,
     collision_count: Option<i32>,
+    /// What each ReplicaSet's pods amount to, by ReplicaSet uid and minReadySeconds, read from
+    /// the pod informer once per reconcile: every question a reconcile asks about one
+    /// ReplicaSet's pods is answered from the same snapshot.
+    pod_counts: std::sync::Mutex<HashMap<(String, i32), OwnedPods>>,
 }
 
 #[async_trait]
@@ -161,6 +165,7 @@ impl Reconciler for DeploymentController {
             rolling,
             replica_sets,
             pods,
+            pod_counts: Default::default(),
         };
 
         if sync.d.metadata.deletion_timestamp.is_some() {
@@ -473,7 +478,8 @@ impl Sync<'_> {
         spec_replicas(rs).max(self.active_pods(rs))
     }
 
-    /// What a ReplicaSet's pods amount to now, from the pod informer's per-owner tally.
+    /// What a ReplicaSet's pods amount to, from the pod informer's per-owner tally, read on
+    /// the reconcile's first question about that ReplicaSet.
     fn owned_pods(&self, rs: &ReplicaSet) -> OwnedPods {
         let uid = rs.metadata.uid.as_deref().unwrap_or("");
         let min_ready = rs
@@ -481,8 +487,16 @@ impl Sync<'_> {
             .as_ref()
             .and_then(|s| s.min_ready_seconds)
             .unwrap_or(0);
-        self.pods
-            .owned_pods(uid, &BTreeMap::new(), min_ready, self.ctx.clock.now())
+        let mut counts = self
+            .pod_counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *counts
+            .entry((uid.to_string(), min_ready))
+            .or_insert_with(|| {
+                self.pods
+                    .owned_pods(uid, &BTreeMap::new(), min_ready, self.ctx.clock.now())
+            })
     }
 
     fn active_pods(&self, rs: &ReplicaSet) -> i32 {

@@ -6,8 +6,8 @@ use k8s_openapi::api::apps::v1::{DeploymentCondition, DeploymentStatus, ReplicaS
 
 use super::{index_of, spec_replicas, Sync};
 use crate::clock::from_k8s_time;
-use crate::controller::{Action, ControllerError};
-use crate::object::Resource;
+use crate::controller::{Action, ControllerError, Observed};
+use crate::object::{Kind, Resource};
 
 /// Sets `cond` among `conditions`: no change when status and reason are the same; keeps
 /// `lastTransitionTime` when only the reason changes (`SetDeploymentCondition`).
@@ -234,11 +234,19 @@ impl Sync<'_> {
         if self.d.status.as_ref() != Some(&status) {
             let mut d = self.d.clone();
             d.status = Some(status);
-            self.ctx
+            let written = self
+                .ctx
                 .store
                 .update_status(d.into_object())
                 .await
                 .map_err(|e| ControllerError::store("update status of", &self.object, e))?;
+            // The next reconcile reads the Deployment from the informer: waiting until it
+            // holds this write spares that reconcile a conflict on a stale resourceVersion.
+            self.ctx
+                .informers
+                .get(&Kind::Deployment)
+                .wait_observed(&Observed::Written(written))
+                .await;
         }
         Ok(requeue.map_or(Action::AwaitChange, Action::requeue))
     }

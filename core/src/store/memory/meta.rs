@@ -258,6 +258,60 @@ pub fn copy_status(from: &Object, to: &mut Object) -> bool {
     )
 }
 
+/// What an update of the status subresource stores: `new`'s status on `old`'s metadata and
+/// spec. Returns `None` for a kind without status, `Some(None)` when `new`'s status is the
+/// stored one (nothing to write), and otherwise the object to store. Only metadata and spec
+/// are copied; the status is moved out of `new`, and nothing is built when nothing changed.
+pub fn with_status(old: &Object, new: Object) -> Option<Option<Object>> {
+    macro_rules! status_kinds {
+        ($($variant:ident),*) => {
+            match (old, new) {
+                $((Object::$variant(o), Object::$variant(mut n)) => {
+                    if o.status == n.status {
+                        return Some(None);
+                    }
+                    n.metadata = o.metadata.clone();
+                    n.spec = o.spec.clone();
+                    Some(Some(Object::$variant(n)))
+                })*
+                (Object::Custom(o), Object::Custom(mut n)) => {
+                    if o.data.get("status") == n.data.get("status") {
+                        return Some(None);
+                    }
+                    let status = n.data.remove("status");
+                    n.metadata = o.metadata.clone();
+                    n.api_version = o.api_version.clone();
+                    n.kind = o.kind.clone();
+                    n.data = o.data.clone();
+                    match status {
+                        Some(s) => n.data.insert("status".to_string(), s),
+                        None => n.data.remove("status"),
+                    };
+                    Some(Some(Object::Custom(n)))
+                }
+                _ => None,
+            }
+        };
+    }
+    status_kinds!(
+        Pod,
+        Node,
+        Namespace,
+        Service,
+        PersistentVolume,
+        PersistentVolumeClaim,
+        ResourceQuota,
+        Deployment,
+        ReplicaSet,
+        StatefulSet,
+        DaemonSet,
+        Job,
+        CronJob,
+        HorizontalPodAutoscaler,
+        VolumeAttachment
+    )
+}
+
 /// Whether `new` differs from `old` outside metadata (status must already be equal).
 pub fn content_changed(old: &Object, new: &mut Object) -> bool {
     let meta = std::mem::replace(new.meta_mut(), old.meta().clone());
