@@ -54,9 +54,21 @@ struct Graph {
 impl Graph {
     /// Records `object`; returns the uids to process.
     fn apply(&mut self, object: &Object) -> Vec<String> {
-        let uid = object.uid().to_string();
         let meta = object.meta();
         let has = |f: &str| meta.finalizers.iter().flatten().any(|x| x == f);
+        // Nothing this collector decides on changed (a status update, most events): the graph
+        // stays, and there is nothing to process, since the owners' existence changes only
+        // through their own events, which process their dependents.
+        if let Some(old) = self.nodes.get(object.uid()) {
+            let unchanged = old.owners == meta.owner_references.as_deref().unwrap_or_default()
+                && old.deleting == meta.deletion_timestamp.is_some()
+                && old.foreground == has(FOREGROUND_FINALIZER)
+                && old.orphan == has(ORPHAN_FINALIZER);
+            if unchanged {
+                return Vec::new();
+            }
+        }
+        let uid = object.uid().to_string();
         let node = Node {
             kind: object.kind(),
             namespace: object.namespace().map(str::to_string),
