@@ -1,7 +1,8 @@
 //! Registry robustness against a local test server (axum on loopback) that misbehaves on
 //! purpose: connections dropped before an answer, 503 and 429 with `Retry-After`, blob
 //! bodies cut in the middle (resumed with a `Range` request, answered either `206` or with
-//! the whole blob again), and failures that never end (a bounded number of attempts, then
+//! the whole blob again), bodies that end early without any error (chunked, half the
+//! blob), and failures that never end (a bounded number of attempts, then
 //! a clear error and an empty store). The server serves an OCI layout written by the test.
 
 mod common;
@@ -29,6 +30,10 @@ struct Faults {
     manifest_429: usize,
     /// Blob digest → how many of its requests get half the body and a broken connection.
     cut: Vec<(String, usize)>,
+    /// Blob digest → how many of its requests get half the body (a quarter, from the
+    /// start, for a `Range` request), ended cleanly (chunked, no `Content-Length`):
+    /// nothing on the wire says it is short.
+    short: Vec<(String, usize)>,
     /// Blob digests whose `Range` requests are answered with the whole blob (200).
     ignore_range: Vec<String>,
     /// Blob digest that always gets 500.
@@ -140,6 +145,19 @@ async fn handle(server: Arc<Server>, uri: Uri, headers: HeaderMap) -> Response {
             .header(header::CONTENT_LENGTH, bytes.len())
             .body(Body::from_stream(stream))
             .unwrap();
+    }
+    if let Some(slot) = f.short.iter_mut().find(|(d, n)| *d == digest && *n > 0) {
+        slot.1 -= 1;
+        // A range request gets a quarter of the blob from its start (a 200): it ends
+        // before the bytes the client already has.
+        let end = if range.is_some() {
+            bytes.len() / 4
+        } else {
+            bytes.len() / 2
+        };
+        let part = bytes::Bytes::copy_from_slice(&bytes[..end]);
+        let stream = futures::stream::iter(vec![Ok::<_, std::io::Error>(part)]);
+        return Response::builder().body(Body::from_stream(stream)).unwrap();
     }
     let start = range
         .as_deref()
@@ -326,5 +344,70 @@ async fn lasting_failures_are_bounded_and_leave_nothing() {
     .unwrap_err();
     assert!(matches!(err, ImageError::ImageNotFound(_)), "{err}");
     assert_eq!(tries(&|p: &str| p.ends_with("/manifests/absent")), 1);
+    assert_empty(&store);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_ending_early_without_an_error_is_resumed_then_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let (lay, layers) = layout(t.path());
+    let big = layers[0].digest.to_string();
+    let blob_requests = |server: &Server| -> Vec<Option<String>> {
+        let f = server.faults.lock().unwrap();
+        f.log
+            .iter()
+            .filter(|(p, _)| p.ends_with(&format!("/blobs/{big}")))
+            .map(|(_, r)| r.clone())
+            .collect()
+    };
+
+    // Once: the download notices the missing half and resumes it with a Range request.
+    let faults = Faults {
+        short: vec![(big.clone(), 1)],
+        ..Default::default()
+    };
+    let (addr, server) = serve(lay.clone(), faults, 0).await;
+    let store = Arc::new(ImageStore::open(t.path().join("store")).unwrap());
+    let reference = format!("{addr}/test/retry:1");
+    registry::pull(
+        &store,
+        &client(&addr, 3),
+        &reference,
+        &PullOptions::default(),
+    )
+    .await
+    .unwrap();
+    let reqs = blob_requests(&server);
+    assert_eq!(reqs.len(), 2, "{reqs:?}");
+    let half = layers[0].size / 2;
+    assert_eq!(reqs[1].as_deref(), Some(format!("bytes={half}-").as_str()));
+    let flat = t.path().join("flat");
+    std::fs::create_dir(&flat).unwrap();
+    store.unpack_flat(&reference, &flat).unwrap();
+    assert_eq!(
+        std::fs::read(flat.join("bin/busybox")).unwrap(),
+        std::fs::read("/bin/busybox").unwrap()
+    );
+
+    // Always (and the resumptions are answered from the blob's start, ending before the
+    // bytes already received): a bounded number of attempts, an error that
+    // says what happened, an empty store.
+    let faults = Faults {
+        short: vec![(big.clone(), usize::MAX)],
+        ..Default::default()
+    };
+    let (addr, server) = serve(lay, faults, 0).await;
+    let store = Arc::new(ImageStore::open(t.path().join("store2")).unwrap());
+    let err = registry::pull(
+        &store,
+        &client(&addr, 3),
+        &format!("{addr}/test/retry:1"),
+        &PullOptions::default(),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, ImageError::Registry { .. }), "{err}");
+    assert!(err.to_string().contains("ended early"), "{err}");
+    assert_eq!(blob_requests(&server).len(), 3);
     assert_empty(&store);
 }

@@ -330,8 +330,9 @@ async fn download(
                 continue;
             }
             // The body ended short of the announced size without an error (a chunked
-            // answer cut off): resumable like a broken connection.
-            Ok(None) if got < desc.size && skip == 0 => "the body ended early".to_string(),
+            // answer cut off, possibly before the bytes to skip): resumable like a broken
+            // connection.
+            Ok(None) if got < desc.size => "the body ended early".to_string(),
             Ok(None) => break,
             Err(e) if transient_error(&e) => e.to_string(),
             Err(e) => {
