@@ -148,6 +148,20 @@ impl<R: Read> HashingReader<R> {
         Ok((self.hasher.finish(), len))
     }
 
+    /// Reads what is left of the layer blob at `path` and checks that the whole of it has
+    /// the digest `expected`.
+    pub fn check_layer(self, expected: &Digest, path: &std::path::Path) -> Result<(), ImageError> {
+        let (actual, _) = self.drain().map_err(|e| ImageError::io("read", path, e))?;
+        if &actual != expected {
+            return Err(ImageError::DigestMismatch {
+                what: format!("layer {expected}"),
+                expected: expected.clone(),
+                actual,
+            });
+        }
+        Ok(())
+    }
+
     /// The wrapped reader.
     pub fn get_mut(&mut self) -> &mut R {
         &mut self.inner

@@ -83,15 +83,7 @@ impl Snapshots {
             _ => ImageError::io("open", blob, e),
         })?;
         let (stats, ()) = self.ensure_from(HashingReader::new(f), digest, diff_id, |r| {
-            let (actual, _) = r.drain().map_err(|e| ImageError::io("read", blob, e))?;
-            if &actual != digest {
-                return Err(ImageError::DigestMismatch {
-                    what: format!("layer {digest}"),
-                    expected: digest.clone(),
-                    actual,
-                });
-            }
-            Ok(())
+            r.check_layer(digest, blob)
         })?;
         Ok(stats)
     }

@@ -20,7 +20,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::blobs::BlobStore;
-use crate::digest::Digest;
+use crate::digest::{Digest, HashingReader};
 use crate::error::{ImageError, Result};
 use crate::reference::Reference;
 use crate::snapshot::Snapshots;
@@ -686,11 +686,11 @@ impl ImageStore {
         target: &Path,
     ) -> Result<()> {
         for (layer, diff_id) in layers {
-            let f = self.blobs.open_blob(&layer.digest)?;
+            let mut blob = HashingReader::new(self.blobs.open_blob(&layer.digest)?);
             let mut opts = crate::unpack::UnpackOptions::flat();
-            opts.expect_digest = Some(layer.digest.clone());
             opts.expect_diff_id = Some(diff_id.clone());
-            crate::unpack::unpack(f, target, &layer.digest.to_string(), &opts)?;
+            crate::unpack::unpack(&mut blob, target, &layer.digest.to_string(), &opts)?;
+            blob.check_layer(&layer.digest, &self.blobs.path(&layer.digest))?;
         }
         Ok(())
     }

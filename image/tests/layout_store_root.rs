@@ -297,6 +297,40 @@ fn bad_layouts_leave_no_image() {
 }
 
 #[test]
+fn flat_unpack_checks_the_stored_blobs_digest() {
+    use std::io::{Read, Write};
+    let t = tempfile::tempdir().unwrap();
+    let lay = t.path().join("layout");
+    let desc = write_image(&lay, &multi_layer_image(), "amd64");
+    write_layout(&lay, vec![(desc, "localhost/flat:1")]);
+    let store = ImageStore::open(t.path().join("store")).unwrap();
+    let img = layout::import(&store, &lay).unwrap().remove(0);
+    // The stored blob of a layer, recompressed: the same tar (so the diff id still
+    // matches), other compressed bytes.
+    let layer = img.manifest.layers[0].digest.clone();
+    let blob = store.blobs().path(&layer);
+    let mut tar = Vec::new();
+    flate2::read::GzDecoder::new(fs::File::open(&blob).unwrap())
+        .read_to_end(&mut tar)
+        .unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&tar).unwrap();
+    let recompressed = gz.finish().unwrap();
+    assert_ne!(recompressed, fs::read(&blob).unwrap());
+    fs::write(&blob, recompressed).unwrap();
+    let flat = t.path().join("flat");
+    fs::create_dir(&flat).unwrap();
+    let err = store.unpack_flat("localhost/flat:1", &flat).unwrap_err();
+    match &err {
+        ImageError::DigestMismatch { what, expected, .. } => {
+            assert_eq!(expected, &layer, "{err}");
+            assert!(what.contains(&layer.to_string()), "{err}");
+        }
+        other => panic!("expected a digest mismatch, got {other}"),
+    }
+}
+
+#[test]
 fn archive_symlinks_cannot_read_host_files() {
     let t = tempfile::tempdir().unwrap();
     fs::write(t.path().join("host-secret"), b"{\"architecture\":\"amd64\",\"os\":\"linux\",\"rootfs\":{\"type\":\"layers\",\"diff_ids\":[]}}").unwrap();

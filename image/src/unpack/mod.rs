@@ -8,10 +8,10 @@
 //! - [`Whiteouts::Apply`]: layers one after another into one directory (a flat rootfs,
 //!   for exports and for hosts without overlayfs); whiteouts delete what lower layers made.
 //!
-//! The uncompressed tar is hashed on the way (the diff id), and the compressed stream too
-//! when its digest is asked for, so a corrupted blob or a layer that does not match its
-//! config is an error. (A caller that hashes the compressed bytes itself, e.g. while
-//! storing them as a blob, leaves `expect_digest` unset and checks it before it commits.)
+//! The uncompressed tar is hashed on the way (the diff id), so a layer that does not match
+//! its config is an error. The compressed digest is the caller's to check: it reads the
+//! blob through a [`HashingReader`] (or hashes the bytes while storing them) and compares
+//! after the unpack, which reads the stream to its end.
 //! Every write goes through [`rootfd::Root`], which keeps it inside the target.
 
 pub mod rootfd;
@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode, Timestamps};
 use tar::EntryType;
 
-use crate::digest::{Digest, Hasher, HashingReader};
+use crate::digest::{Digest, HashingReader};
 use crate::error::{ImageError, Result};
 use rootfd::Root;
 
@@ -50,9 +50,6 @@ pub struct UnpackOptions {
     pub whiteouts: Whiteouts,
     /// Give files the archive's uid/gid (needs root; off, everything belongs to the caller).
     pub same_owner: bool,
-    /// The compressed digest the stream must have, if known (the compressed stream is
-    /// hashed only then).
-    pub expect_digest: Option<Digest>,
     /// The diff id the uncompressed tar must have, if known.
     pub expect_diff_id: Option<Digest>,
 }
@@ -63,7 +60,6 @@ impl UnpackOptions {
         UnpackOptions {
             whiteouts: Whiteouts::Overlay,
             same_owner: rustix::process::geteuid().is_root(),
-            expect_digest: None,
             expect_diff_id: None,
         }
     }
@@ -80,10 +76,6 @@ impl UnpackOptions {
 /// What an unpack read.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UnpackStats {
-    /// Digest of the stream as given (compressed), when `expect_digest` asked for it.
-    pub digest: Option<Digest>,
-    /// Its length.
-    pub size: u64,
     /// Digest of the uncompressed tar.
     pub diff_id: Digest,
     /// Its length.
@@ -126,12 +118,8 @@ pub fn unpack(
     opts: &UnpackOptions,
 ) -> Result<UnpackStats> {
     let io_err = |e: io::Error| ImageError::io("unpack layer into", target, e);
-    let mut compressed = MaybeHashing {
-        inner: BufReader::with_capacity(256 * 1024, input),
-        hasher: opts.expect_digest.as_ref().map(|_| Hasher::default()),
-        len: 0,
-    };
-    let head = compressed.inner.fill_buf().map_err(io_err)?;
+    let mut compressed = BufReader::with_capacity(256 * 1024, input);
+    let head = compressed.fill_buf().map_err(io_err)?;
     let compression = Compression::detect(head);
     let decoder: Box<dyn Read + '_> = match compression {
         Compression::None => Box::new(&mut compressed),
@@ -162,16 +150,9 @@ pub fn unpack(
     }
     applier.finish_dir_times()?;
     let (diff_id, uncompressed_size) = tar_stream.drain().map_err(|e| bad_stream(layer, e))?;
-    let (digest, size) = compressed.drain().map_err(|e| bad_stream(layer, e))?;
-    if let (Some(want), Some(digest)) = (&opts.expect_digest, &digest) {
-        if want != digest {
-            return Err(ImageError::DigestMismatch {
-                what: format!("layer {layer}"),
-                expected: want.clone(),
-                actual: digest.clone(),
-            });
-        }
-    }
+    // The rest of the stream (padding after the archive's end), so that a caller hashing
+    // it sees all of it.
+    io::copy(&mut compressed, &mut io::sink()).map_err(|e| bad_stream(layer, e))?;
     if let Some(want) = &opts.expect_diff_id {
         if want != &diff_id {
             return Err(ImageError::DigestMismatch {
@@ -182,38 +163,10 @@ pub fn unpack(
         }
     }
     Ok(UnpackStats {
-        digest,
-        size,
         diff_id,
         uncompressed_size,
         entries,
     })
-}
-
-/// The compressed stream: counted, and hashed when its digest is to be checked here.
-struct MaybeHashing<R> {
-    inner: R,
-    hasher: Option<Hasher>,
-    len: u64,
-}
-
-impl<R: Read> MaybeHashing<R> {
-    /// Reads what is left; the digest (if hashed) and the length of the whole stream.
-    fn drain(mut self) -> io::Result<(Option<Digest>, u64)> {
-        io::copy(&mut self, &mut io::sink())?;
-        Ok((self.hasher.map(Hasher::finish), self.len))
-    }
-}
-
-impl<R: Read> Read for MaybeHashing<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        if let Some(h) = &mut self.hasher {
-            h.update(&buf[..n]);
-        }
-        self.len += n as u64;
-        Ok(n)
-    }
 }
 
 fn bad_stream(layer: &str, e: io::Error) -> ImageError {
