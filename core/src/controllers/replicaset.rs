@@ -219,13 +219,7 @@ impl Reconciler for ReplicaSetController {
         let next_available = counts.next_available;
         set_failure_condition(&mut status, manage_error.as_ref(), ctx);
         if rs.status.as_ref() != Some(&status) {
-            let mut updated = rs.to_owned_value();
-            updated.status = Some(status);
-            let written = ctx
-                .store
-                .update_status(updated.into_object())
-                .await
-                .map_err(|e| ControllerError::store("update status of", &object, e))?;
+            let written = write_status(ctx, &object, rs.to_owned_value(), status).await?;
             // The next reconcile reads the ReplicaSet from the informer: once it holds this
             // write, that reconcile does not conflict on a stale resourceVersion.
             ctx.informers
@@ -243,6 +237,42 @@ impl Reconciler for ReplicaSetController {
             None => Action::AwaitChange,
         })
     }
+}
+
+/// Writes `status` as Kubernetes' `updateReplicaSetStatus` does: on a conflict (the
+/// Deployment controller rescaled the ReplicaSet since the informer's copy), once more onto
+/// the latest ReplicaSet read from the store. The status keeps the `observedGeneration` it
+/// was computed for, so a newer spec still reads as not yet observed.
+async fn write_status(
+    ctx: &Context,
+    object: &Arc<Object>,
+    mut rs: ReplicaSet,
+    status: ReplicaSetStatus,
+) -> Result<Arc<Object>, ControllerError> {
+    rs.status = Some(status.clone());
+    let conflict = match ctx.store.update_status(rs.into_object()).await {
+        Ok(written) => return Ok(written),
+        Err(e @ StoreError::Conflict { .. }) => e,
+        Err(e) => return Err(ControllerError::store("update status of", object, e)),
+    };
+    let latest = ctx
+        .store
+        .get(&Kind::ReplicaSet, object.namespace(), object.name())
+        .await
+        .map_err(|e| ControllerError::store("get", object, e))?;
+    // Another ReplicaSet of the same name is not this reconcile's to write.
+    let Some(mut rs) = latest
+        .as_kind::<ReplicaSet>()
+        .filter(|_| latest.uid() == object.uid())
+        .cloned()
+    else {
+        return Err(ControllerError::store("update status of", object, conflict));
+    };
+    rs.status = Some(status);
+    ctx.store
+        .update_status(rs.into_object())
+        .await
+        .map_err(|e| ControllerError::store("update status of", object, e))
 }
 
 fn set_failure_condition(
