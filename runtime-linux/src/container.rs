@@ -133,6 +133,9 @@ impl ContainerState {
 pub struct Engine {
     root: PathBuf,
     host_bounding: u64,
+    /// RLIMIT_NOFILE for processes whose spec sets none (see
+    /// [`Engine::set_inherited_nofile`]); `None`: they inherit the caller's.
+    inherited_nofile: Option<(u64, u64)>,
 }
 
 impl Engine {
@@ -144,7 +147,26 @@ impl Engine {
         Ok(Engine {
             root,
             host_bounding: crate::caps::host_bounding(),
+            inherited_nofile: None,
         })
+    }
+
+    /// Gives the processes this engine starts `(soft, hard)` as RLIMIT_NOFILE when their
+    /// spec sets none. For a caller that raised its own soft limit (the monitor holds a
+    /// few descriptors per container) and wants containers and exec'd processes to get
+    /// the limits it started with, as a container started by `wharf-runc` would.
+    pub fn set_inherited_nofile(&mut self, limits: (u64, u64)) {
+        self.inherited_nofile = Some(limits);
+    }
+
+    /// Adds the inherited RLIMIT_NOFILE to a process plan whose spec sets none.
+    fn inherit_limits(&self, p: &mut ProcessPlan) {
+        let nofile = libc::RLIMIT_NOFILE;
+        if let Some((soft, hard)) = self.inherited_nofile {
+            if !p.rlimits.iter().any(|&(resource, ..)| resource == nofile) {
+                p.rlimits.push((nofile, soft, hard));
+            }
+        }
     }
 
     /// The runtime root.
@@ -321,6 +343,7 @@ impl Engine {
             dir.fifo(),
             self.host_bounding,
         )?;
+        self.inherit_limits(&mut plan.process);
         let seccomp = plan::seccomp_of(id, bundle)?;
         let rel = cgroup::relative_path(id, linux.cgroups_path().as_deref());
         let cg = Cgroup::create(id, &rel, linux.resources().as_ref())?;
@@ -636,6 +659,7 @@ impl Engine {
             bundle.spec.process().as_ref().expect("validated"),
             self.host_bounding,
         )?;
+        self.inherit_limits(&mut p);
         // An exec'd process is confined like the container's own.
         p.seccomp = plan::seccomp_of(id, &bundle)?;
         Ok(p)
@@ -729,5 +753,31 @@ pub fn run_hook(id: &str, kind: &'static str, hook: &Hook, state: &ContainerStat
             return Err(fail("timed out".into()));
         }
         std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inherited_nofile_fills_only_a_missing_limit() {
+        let dir = std::env::temp_dir().join(format!("wharf-engine-{}", std::process::id()));
+        let mut engine = Engine::new(&dir).unwrap();
+        let nofile = libc::RLIMIT_NOFILE;
+        let mut p = ProcessPlan::default();
+        engine.inherit_limits(&mut p);
+        assert!(p.rlimits.is_empty(), "nothing to inherit yet");
+        engine.set_inherited_nofile((1024, 4096));
+        engine.inherit_limits(&mut p);
+        assert_eq!(p.rlimits, vec![(nofile, 1024, 4096)]);
+        // A spec's own limit wins.
+        let mut own = ProcessPlan {
+            rlimits: vec![(nofile, 10, 20)],
+            ..ProcessPlan::default()
+        };
+        engine.inherit_limits(&mut own);
+        assert_eq!(own.rlimits, vec![(nofile, 10, 20)]);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

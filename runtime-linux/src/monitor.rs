@@ -128,7 +128,7 @@ struct Monitor {
 /// Runs the monitor for `root` until it is idle. Returns at once if another monitor
 /// holds the root's lock.
 pub fn serve(root: &Path) -> Result<()> {
-    let engine = Engine::new(root)?;
+    let mut engine = Engine::new(root)?;
     let lock_path = root.join("monitor.lock");
     let lock = std::fs::OpenOptions::new()
         .create(true)
@@ -140,6 +140,15 @@ pub fn serve(root: &Path) -> Result<()> {
         .map_err(|e| Error::os("-", "lock monitor", e))?
     {
         return Ok(());
+    }
+    // The monitor holds a few descriptors per container (pipes, a pty master, a mount
+    // namespace): its soft RLIMIT_NOFILE goes up to the hard limit, and the containers
+    // and exec'd processes it starts get the limits it started with.
+    let nofile = libc::RLIMIT_NOFILE;
+    if let Ok((soft, hard)) = sys::getrlimit(nofile) {
+        if soft < hard && sys::setrlimit(nofile, hard, hard).is_ok() {
+            engine.set_inherited_nofile((soft, hard));
+        }
     }
     // Held for the monitor's lifetime (containers are forked into new pid namespaces
     // from it); opened now so the monitor's descriptors stay the same across creates.

@@ -1168,3 +1168,54 @@ async fn attach_after_the_monitor_died_is_refused_clearly() {
     env.rt().remove_container(&id).await.unwrap();
     env.finish().await;
 }
+
+/// (soft, hard) RLIMIT_NOFILE of a process, from `/proc/<pid>/limits`.
+fn nofile_of(pid: &str) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .to_string();
+    let mut fields = line["Max open files".len()..].split_whitespace();
+    let soft = fields.next().unwrap().to_string();
+    let hard = fields.next().unwrap().to_string();
+    (soft, hard)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_monitor_raises_its_open_file_limit_and_containers_keep_their_own() {
+    // Start the monitor with a soft limit below the hard one (other tests' monitors may
+    // start with it too: they raise it as well).
+    let nofile = libc::RLIMIT_NOFILE;
+    let (_, hard) = wharf_runtime_linux::sys::getrlimit(nofile).unwrap();
+    wharf_runtime_linux::sys::setrlimit(nofile, 1000.min(hard), hard).unwrap();
+    let env = Env::new("nofile").await;
+    let id = env.start(&env.config("limits", &["sleep", "100"])).await;
+    let containers = env.dir.path().join("state/containers");
+    let monitor = wharf_runtime_linux::monitor::running_pid(&containers).expect("monitor runs");
+    let hard = hard.to_string();
+    // The monitor holds descriptors for every container: its soft limit is the hard one.
+    assert_eq!(
+        nofile_of(&monitor.to_string()),
+        (hard.clone(), hard.clone())
+    );
+    // The container and an exec'd process get their spec's limits (runc's default spec:
+    // 1024), not the monitor's.
+    let pid = env.rt().engine().state(&id).unwrap().pid;
+    assert_eq!(nofile_of(&pid.to_string()), ("1024".into(), "1024".into()));
+    let out = env
+        .rt()
+        .exec_sync(
+            &id,
+            &["sh".into(), "-c".into(), "ulimit -Sn; ulimit -Hn".into()],
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "1024\n1024\n");
+    env.rt().kill_container(&id, libc::SIGKILL).await.unwrap();
+    env.wait_exit(&id).await;
+    env.rt().remove_container(&id).await.unwrap();
+    env.finish().await;
+}
