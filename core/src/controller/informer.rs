@@ -93,14 +93,7 @@ impl CacheState {
     }
 
     fn controller_uid(object: &Object) -> &str {
-        object
-            .meta()
-            .owner_references
-            .iter()
-            .flatten()
-            .find(|r| r.controller == Some(true))
-            .map(|r| r.uid.as_str())
-            .unwrap_or("")
+        super::controller_of(object).map_or("", |r| r.uid.as_str())
     }
 
     fn insert(&mut self, object: Arc<Object>) -> Option<Arc<Object>> {

@@ -42,7 +42,9 @@ pub use informer::{CacheEvent, Informer, Informers, Observed};
 pub use leader::{LeaderElection, LeaderElector, LeaseLock, LeaseSettings};
 pub use metrics::{Metrics, MetricsSnapshot};
 pub use owned_pods::OwnedPods;
-pub use runner::{controller_owner, ChangeFilter, Controller, ControllerConfig, Mapper};
+pub use runner::{
+    controller_of, controller_owner, ChangeFilter, Controller, ControllerConfig, Mapper,
+};
 
 pub(crate) use queue::{run as run_queue, Outcome};
 

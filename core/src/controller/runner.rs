@@ -236,7 +236,7 @@ impl Source {
             Source::Owned(owner) => {
                 let mut keys: Vec<ObjectKey> = controller_owner(new, owner).into_iter().collect();
                 // The old state matters only when the object changed hands.
-                if let Some(old) = old.filter(|old| controller_ref(old) != controller_ref(new)) {
+                if let Some(old) = old.filter(|old| controller_of(old) != controller_of(new)) {
                     keys.extend(controller_owner(old, owner));
                 }
                 keys
@@ -257,7 +257,8 @@ impl Source {
     }
 }
 
-fn controller_ref(
+/// The ownerReference of `object` that has `controller: true`.
+pub fn controller_of(
     object: &Object,
 ) -> Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference> {
     object
@@ -270,12 +271,7 @@ fn controller_ref(
 
 /// The key of `object`'s controller owner, when that owner is of `kind`.
 pub fn controller_owner(object: &Object, kind: &Kind) -> Option<ObjectKey> {
-    let owner = object
-        .meta()
-        .owner_references
-        .as_ref()?
-        .iter()
-        .find(|r| r.controller == Some(true))?;
+    let owner = controller_of(object)?;
     if owner.kind != kind.name() || owner.api_version != kind.api_version() {
         return None;
     }

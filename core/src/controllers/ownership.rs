@@ -23,15 +23,7 @@ pub fn controller_reference(owner: &Object) -> OwnerReference {
     }
 }
 
-/// The ownerReference of `object` that has `controller: true`.
-pub fn controller_of(object: &Object) -> Option<&OwnerReference> {
-    object
-        .meta()
-        .owner_references
-        .as_ref()?
-        .iter()
-        .find(|r| r.controller == Some(true))
-}
+pub use crate::controller::controller_of;
 
 /// Whether `object`'s controller has `uid`.
 pub fn is_controlled_by(object: &Object, uid: &str) -> bool {

@@ -219,6 +219,30 @@ pub fn prepare_create(
     Ok(())
 }
 
+/// Calls the macro `$m` with every built-in kind that has a status subresource: one list
+/// for [`copy_status`] and [`with_status`].
+macro_rules! for_status_kinds {
+    ($m:ident) => {
+        $m!(
+            Pod,
+            Node,
+            Namespace,
+            Service,
+            PersistentVolume,
+            PersistentVolumeClaim,
+            ResourceQuota,
+            Deployment,
+            ReplicaSet,
+            StatefulSet,
+            DaemonSet,
+            Job,
+            CronJob,
+            HorizontalPodAutoscaler,
+            VolumeAttachment
+        )
+    };
+}
+
 /// Copies the status of `from` into `to` (same kind). `false` when the kind has no status.
 pub fn copy_status(from: &Object, to: &mut Object) -> bool {
     macro_rules! status_kinds {
@@ -239,23 +263,7 @@ pub fn copy_status(from: &Object, to: &mut Object) -> bool {
             }
         };
     }
-    status_kinds!(
-        Pod,
-        Node,
-        Namespace,
-        Service,
-        PersistentVolume,
-        PersistentVolumeClaim,
-        ResourceQuota,
-        Deployment,
-        ReplicaSet,
-        StatefulSet,
-        DaemonSet,
-        Job,
-        CronJob,
-        HorizontalPodAutoscaler,
-        VolumeAttachment
-    )
+    for_status_kinds!(status_kinds)
 }
 
 /// What an update of the status subresource stores: `new`'s status on `old`'s metadata and
@@ -293,23 +301,7 @@ pub fn with_status(old: &Object, new: Object) -> Option<Option<Object>> {
             }
         };
     }
-    status_kinds!(
-        Pod,
-        Node,
-        Namespace,
-        Service,
-        PersistentVolume,
-        PersistentVolumeClaim,
-        ResourceQuota,
-        Deployment,
-        ReplicaSet,
-        StatefulSet,
-        DaemonSet,
-        Job,
-        CronJob,
-        HorizontalPodAutoscaler,
-        VolumeAttachment
-    )
+    for_status_kinds!(status_kinds)
 }
 
 /// Whether `new` differs from `old` outside metadata (status must already be equal).
