@@ -280,25 +280,31 @@ impl Engine {
     ) -> Result<(Record, Option<OwnedFd>)> {
         check_id(id)?;
         let dir = self.dir(id);
-        match std::fs::create_dir(&dir.path) {
-            Ok(()) => {}
+        let already = |e: std::io::Error| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => Error::AlreadyExists(id.into()),
+            _ => Error::os(id, format!("create state dir {}", dir.path.display()), e),
+        };
+        let taken_over = match std::fs::create_dir(&dir.path) {
+            Ok(()) => false,
             // A bundle written into the state directory itself (what `LinuxRuntime`
             // does: one directory per container) is taken over while no state exists.
+            // The claim, made exclusively, keeps a second create of the id out: the
+            // directory's existence no longer does. The bundle then belongs to the
+            // container, and goes with it (or with a failed create).
             Err(e)
                 if e.kind() == std::io::ErrorKind::AlreadyExists
                     && bundle.dir == dir.path
-                    && !dir.state().exists() => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                return Err(Error::AlreadyExists(id.into()))
+                    && !dir.state().exists() =>
+            {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(dir.claim())
+                    .map_err(already)?;
+                true
             }
-            Err(e) => {
-                return Err(Error::os(
-                    id,
-                    format!("create state dir {}", dir.path.display()),
-                    e,
-                ))
-            }
-        }
+            Err(e) => return Err(already(e)),
+        };
         let mut cg = None;
         let res = self.create_in(id, bundle, opts, &dir, &mut cg);
         if res.is_err() {
@@ -307,6 +313,8 @@ impl Engine {
                 let _ = cg.destroy();
             }
             let _ = std::fs::remove_dir_all(&dir.path);
+        } else if taken_over {
+            let _ = std::fs::remove_file(dir.claim());
         }
         res
     }
@@ -779,5 +787,39 @@ mod tests {
         engine.inherit_limits(&mut own);
         assert_eq!(own.rlimits, vec![(nofile, 10, 20)]);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_claimed_bundle_directory_is_not_taken_over_twice() {
+        let root = std::env::temp_dir().join(format!("wharf-claim-{}", std::process::id()));
+        let engine = Engine::new(&root).unwrap();
+        // A bundle in the state directory, as `LinuxRuntime` writes it, that another
+        // create has claimed and not finished.
+        let dir = engine.dir("c1");
+        std::fs::create_dir_all(dir.path.join("rootfs")).unwrap();
+        let mut spec = oci_spec::runtime::Spec::default();
+        spec.set_root(Some(
+            oci_spec::runtime::RootBuilder::default()
+                .path("rootfs")
+                .build()
+                .unwrap(),
+        ));
+        std::fs::write(
+            dir.path.join("config.json"),
+            serde_json::to_vec(&spec).unwrap(),
+        )
+        .unwrap();
+        std::fs::write(dir.claim(), b"").unwrap();
+        let bundle = Bundle::load("c1", &dir.path).unwrap();
+        let err = engine
+            .create("c1", &bundle, &CreateOptions::default())
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::AlreadyExists(ref id) if id == "c1"),
+            "{err}"
+        );
+        // The other create's directory is untouched.
+        assert!(dir.path.join("config.json").is_file() && dir.claim().is_file());
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }

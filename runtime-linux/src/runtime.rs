@@ -1085,9 +1085,10 @@ impl ContainerRuntime for LinuxRuntime {
             for d in owned {
                 let _ = std::fs::remove_dir_all(d);
             }
-            // Only while it holds nothing but the config: once the engine wrote the
-            // state, the directory is the container's and goes with its deletion.
-            if !state_dir.state().exists() {
+            // Only while it holds nothing but the config: once the engine claimed it,
+            // the engine removes it if the create fails, and once it wrote the state,
+            // the directory is the container's and goes with its deletion.
+            if !state_dir.claim().exists() && !state_dir.state().exists() {
                 let _ = std::fs::remove_dir_all(&bundle);
             }
         };

@@ -113,6 +113,11 @@ impl Dir {
     pub fn exit(&self) -> PathBuf {
         self.path.join("exit.json")
     }
+    /// `creating`: made exclusively by a create that takes over a directory holding a
+    /// bundle, and removed when that create ends.
+    pub fn claim(&self) -> PathBuf {
+        self.path.join("creating")
+    }
 }
 
 /// Writes `value` as JSON to `path` atomically (temp file + rename).
