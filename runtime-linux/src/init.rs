@@ -651,11 +651,7 @@ fn container(
         if r.mounts_cgroup2() {
             cgroup.enter()?;
         }
-        rootfs::setup(r, |stage| {
-            if stage == rootfs::Stage::BeforeDevices {
-                // mknod is checked against the container's devices cgroup, as in runc.
-                return cgroup.wait_joined();
-            }
+        rootfs::setup(r, || {
             if plan.hooks.pause_before_pivot || !plan.hooks.create_container.is_empty() {
                 cgroup.enter()?;
             }

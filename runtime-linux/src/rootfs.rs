@@ -261,20 +261,9 @@ fn mount_at(
     )
 }
 
-/// Where [`setup`] calls back to its caller.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stage {
-    /// Mounts done; device nodes are about to be made with `mknod`, which the devices
-    /// cgroup controller checks against the cgroup the process is in.
-    BeforeDevices,
-    /// Everything mounted and made; the root is not pivoted yet (createRuntime and
-    /// createContainer hooks).
-    BeforePivot,
-}
-
-/// Builds the container's filesystem view and pivots into it, calling `at` at each
-/// [`Stage`]. Returns with `/` being the container's root and the working directory `/`.
-pub fn setup(plan: &RootfsPlan, mut at: impl FnMut(Stage) -> StepResult<()>) -> StepResult<()> {
+/// Builds the container's filesystem view and pivots into it. Returns with `/` being
+/// the container's root and the working directory `/`.
+pub fn setup(plan: &RootfsPlan, before_pivot: impl FnOnce() -> StepResult<()>) -> StepResult<()> {
     // Nothing done below may propagate back to the host.
     sys::mount(None, c"/", None, libc::MS_SLAVE | libc::MS_REC, None)
         .step(|| "make / rslave".into())?;
@@ -306,12 +295,9 @@ pub fn setup(plan: &RootfsPlan, mut at: impl FnMut(Stage) -> StepResult<()>) -> 
     for m in &plan.mounts {
         mount_one(&root, plan, m).step(|| format!("mount {}", m.destination().display()))?;
     }
-    if !plan.in_userns {
-        at(Stage::BeforeDevices)?;
-    }
     setup_dev(&root, plan)?;
     // createRuntime and createContainer hooks: mounts done, root not yet pivoted.
-    at(Stage::BeforePivot)?;
+    before_pivot()?;
 
     // pivot_root(".", ".") stacks the old root under the new one; detach it at once.
     std::env::set_current_dir(&plan.rootfs).step(|| "chdir to rootfs".into())?;
