@@ -67,7 +67,7 @@ pub fn parse(path: &Path, text: &[u8]) -> Result<Spec> {
         return Ok(spec);
     }
     let de = &mut serde_json::Deserializer::from_slice(text);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let spec = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         let field = e.path().to_string();
         let inner = e.into_inner();
         if field == "." || inner.is_syntax() || inner.is_eof() {
@@ -82,7 +82,13 @@ pub fn parse(path: &Path, text: &[u8]) -> Result<Spec> {
                 message: inner.to_string(),
             }
         }
-    })
+    })?;
+    // A valid document followed by more text (what the fast path refused) gets here.
+    de.end().map_err(|e| Error::ConfigParse {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    Ok(spec)
 }
 
 /// Checks a container id: what runc accepts, so ids are safe as file names.
@@ -217,6 +223,17 @@ pub fn default_spec() -> Spec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trailing_text_after_the_config_is_a_parse_error() {
+        let path = Path::new("/b/config.json");
+        let mut text = serde_json::to_vec(&Spec::default()).unwrap();
+        assert!(parse(path, &text).is_ok());
+        text.extend_from_slice(b" {}");
+        let err = parse(path, &text).unwrap_err();
+        assert!(matches!(err, Error::ConfigParse { .. }), "{err}");
+        assert!(err.to_string().contains("trailing"), "{err}");
+    }
 
     fn err(json: &str) -> String {
         parse(Path::new("/b/config.json"), json.as_bytes())

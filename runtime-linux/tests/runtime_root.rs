@@ -699,6 +699,8 @@ async fn interactive_exec_with_and_without_tty() {
     assert_eq!(s.wait.await.unwrap(), 4);
     // sleep as pid 1 ignores SIGTERM: kill it rather than wait out the stop grace.
     env.rt().kill_container(&id, libc::SIGKILL).await.unwrap();
+    // A container is removable once it has exited, not as soon as the signal is sent.
+    env.wait_exit(&id).await;
     env.rt().remove_container(&id).await.unwrap();
     env.finish().await;
 }
