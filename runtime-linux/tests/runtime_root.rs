@@ -1221,3 +1221,23 @@ async fn the_monitor_raises_its_open_file_limit_and_containers_keep_their_own() 
     env.rt().remove_container(&id).await.unwrap();
     env.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_container_is_removable_right_after_it_was_killed() {
+    // The monitor reaps the process and writes its exit record into the state directory
+    // while the removal runs: it must still succeed, every time (it failed with "Directory
+    // not empty" in about one try in ten).
+    let env = Env::new("kill-remove").await;
+    let mut errors = Vec::new();
+    for i in 0..40 {
+        let id = env
+            .start(&env.config(&format!("s{i}"), &["sleep", "100"]))
+            .await;
+        env.rt().kill_container(&id, libc::SIGKILL).await.unwrap();
+        if let Err(e) = env.rt().remove_container(&id).await {
+            errors.push(format!("{i}: {e}"));
+        }
+    }
+    assert!(errors.is_empty(), "{errors:#?}");
+    env.finish().await;
+}
