@@ -45,23 +45,6 @@ pub struct CreateOptions {
     pub preserve_fds: u32,
 }
 
-/// Removes a container's state directory. The process's reaper (the monitor, in another
-/// process) may be writing `exit.json` into it at this very moment, right after the
-/// process died: a file that appears while the tree is removed makes the last `rmdir`
-/// fail with ENOTEMPTY, so the removal is repeated a few times.
-fn remove_state_dir(path: &Path) -> std::io::Result<()> {
-    let mut tries = 0;
-    loop {
-        match std::fs::remove_dir_all(path) {
-            Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty && tries < 10 => {
-                tries += 1;
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            other => return other,
-        }
-    }
-}
-
 /// A terminal for an exec'd process.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Terminal {
@@ -587,11 +570,11 @@ impl Engine {
         for d in &rec.owned_dirs {
             let _ = std::fs::remove_dir_all(d);
         }
-        remove_state_dir(&self.dir(id).path).map_err(|e| Error::os(id, "remove state dir", e))
+        std::fs::remove_dir_all(self.dir(id).path).map_err(|e| Error::os(id, "remove state dir", e))
     }
 
     fn delete_orphan(&self, id: &str) -> Result<()> {
-        match remove_state_dir(&self.dir(id).path) {
+        match std::fs::remove_dir_all(self.dir(id).path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::NotFound(id.into())),
             Err(e) => Err(Error::os(id, "remove state dir", e)),

@@ -201,7 +201,7 @@ impl Monitor {
             if s.status == Status::Stopped {
                 if s.exit.is_none() {
                     // Exited while no monitor watched, and nobody can know its code.
-                    self.record_unknown_exit(&s.id);
+                    self.record_unknown_exit(&s.id, s.pid);
                 }
                 continue;
             }
@@ -211,20 +211,34 @@ impl Monitor {
         }
     }
 
-    fn record_unknown_exit(&mut self, id: &str) {
-        if let Ok(info) = self.engine.record_exit(id, sys::WaitStatus::Exited(255)) {
-            tracing::warn!(
-                id,
-                "container exited while no monitor watched; exit code unknown (255)"
-            );
-            let pid = self.engine.record(id).map(|r| r.pid).unwrap_or(0);
-            self.broadcast(Event::Exit {
-                id: id.into(),
-                pid,
-                code: info.code,
-                oom_killed: info.oom_killed,
-                finished_unix_nanos: info.finished_unix_nanos as u64,
-            });
+    /// An adopted container that exited while no monitor watched: nobody can know its
+    /// code.
+    fn record_unknown_exit(&mut self, id: &str, pid: i32) {
+        tracing::warn!(
+            id,
+            "container exited while no monitor watched; exit code unknown (255)"
+        );
+        self.record_and_announce(id, pid, sys::WaitStatus::Exited(255));
+    }
+
+    /// Records how container `id` (process `pid`) ended and announces it to subscribers;
+    /// returns its exit code.
+    fn record_and_announce(&mut self, id: &str, pid: i32, status: sys::WaitStatus) -> i32 {
+        match self.engine.record_exit(id, status) {
+            Ok(info) => {
+                self.broadcast(Event::Exit {
+                    id: id.into(),
+                    pid,
+                    code: info.code,
+                    oom_killed: info.oom_killed,
+                    finished_unix_nanos: info.finished_unix_nanos as u64,
+                });
+                info.code
+            }
+            Err(e) => {
+                tracing::warn!(id, error = %e, "recording exit failed");
+                status.code()
+            }
         }
     }
 
@@ -293,7 +307,7 @@ impl Monitor {
             for (i, pid) in adopted.iter().enumerate() {
                 if fds[offset + i].revents != 0 {
                     if let Some((_, id)) = self.adopted.remove(pid) {
-                        self.record_unknown_exit(&id);
+                        self.record_unknown_exit(&id, *pid);
                     }
                 }
             }
@@ -354,22 +368,7 @@ impl Monitor {
                         let _ = log.flush_stream(Stream::Stderr, &now);
                     }
                     let io = self.ios.remove(&id);
-                    let code = match self.engine.record_exit(&id, status) {
-                        Ok(info) => {
-                            self.broadcast(Event::Exit {
-                                id: id.clone(),
-                                pid,
-                                code: info.code,
-                                oom_killed: info.oom_killed,
-                                finished_unix_nanos: info.finished_unix_nanos as u64,
-                            });
-                            info.code
-                        }
-                        Err(e) => {
-                            tracing::warn!(id, error = %e, "recording exit failed");
-                            status.code()
-                        }
-                    };
+                    let code = self.record_and_announce(&id, pid, status);
                     // Attachers see their streams end (everything was copied above),
                     // then the exit code.
                     for client in io.map(ContainerIo::end).unwrap_or_default() {

@@ -1229,6 +1229,15 @@ impl ContainerRuntime for LinuxRuntime {
             Ok(s) if s.status != Status::Stopped => {
                 self.stop_container(container_id, Duration::ZERO).await?
             }
+            // Dead but not reaped yet: the monitor is about to write its exit record into
+            // the state directory and announce the exit; removing the directory meanwhile
+            // would lose both. (Bounded: an exit nobody watches is recorded by the next
+            // monitor.)
+            Ok(s) if s.exit.is_none() => {
+                self.inner
+                    .wait_exit(container_id, Duration::from_secs(2))
+                    .await;
+            }
             Ok(_) => {}
         }
         let inner = Arc::clone(&self.inner);

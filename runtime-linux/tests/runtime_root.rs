@@ -1224,11 +1224,14 @@ async fn the_monitor_raises_its_open_file_limit_and_containers_keep_their_own() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_container_is_removable_right_after_it_was_killed() {
-    // The monitor reaps the process and writes its exit record into the state directory
-    // while the removal runs: it must still succeed, every time (it failed with "Directory
-    // not empty" in about one try in ten).
+    // Right after the kill the process is dead but not yet reaped: the removal must wait
+    // for the monitor's exit record (it failed with "Directory not empty" in about one try
+    // in ten when it raced the record), and the exit must still be announced.
+    use wharf_core::backend::runtime::RuntimeEventKind;
     let env = Env::new("kill-remove").await;
+    let mut events = env.rt().events();
     let mut errors = Vec::new();
+    let mut ids = std::collections::HashSet::new();
     for i in 0..40 {
         let id = env
             .start(&env.config(&format!("s{i}"), &["sleep", "100"]))
@@ -1237,7 +1240,16 @@ async fn a_container_is_removable_right_after_it_was_killed() {
         if let Err(e) = env.rt().remove_container(&id).await {
             errors.push(format!("{i}: {e}"));
         }
+        ids.insert(id);
     }
     assert!(errors.is_empty(), "{errors:#?}");
+    // Removing lost no exit: every container's exit (by SIGKILL) was announced.
+    while let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(500), events.next()).await {
+        if let RuntimeEventKind::Exited { exit_code, .. } = ev.kind {
+            assert_eq!(exit_code, 128 + libc::SIGKILL, "{ev:?}");
+            ids.remove(&ev.container_id);
+        }
+    }
+    assert!(ids.is_empty(), "no exit event for {ids:?}");
     env.finish().await;
 }

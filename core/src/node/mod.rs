@@ -49,7 +49,7 @@ use crate::object::Typed;
 use crate::pod_metrics::PodMetrics;
 use crate::store::{Api, FieldSelector, ListOptions, Store, StoreError, WatchEvent, WatchOptions};
 pub use machine::PodMachine;
-pub use volumes::{InTreeVolumes, PathOnlyVolumes, SourceObjects};
+pub use volumes::{is_projected, InTreeVolumes, PathOnlyVolumes, SourceObjects};
 use worker::{NodeContext, PodWorker, WorkerEvent};
 
 /// The namespace of node heartbeat leases.

@@ -224,8 +224,10 @@ fn pod_volumes(pod: &Pod) -> impl Iterator<Item = &Volume> {
     pod.spec.iter().flat_map(|s| s.volumes.iter().flatten())
 }
 
-/// Whether a volume's files come from objects that can change while the pod runs.
-fn is_projected(v: &Volume) -> bool {
+/// Whether a volume's files come from objects that can change while the pod runs (a
+/// configMap, secret, downwardAPI or projected volume): what [`VolumeHost::refresh`]
+/// keeps fresh.
+pub fn is_projected(v: &Volume) -> bool {
     v.config_map.is_some()
         || v.secret.is_some()
         || v.downward_api.is_some()

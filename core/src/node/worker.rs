@@ -136,11 +136,19 @@ pub(crate) async fn inherited(ctx: &NodeContext) -> HashMap<String, Inherited> {
         pod_of.insert(sb.id.clone(), uid.clone());
         by_uid.entry(uid).or_default().sandboxes.push(sb);
     }
-    let containers = ctx
+    let containers = match ctx
         .runtime
         .list_containers(&ContainerFilter::default())
         .await
-        .unwrap_or_default();
+    {
+        Ok(c) => c,
+        Err(e) => {
+            // Sandboxes adopted without their containers would get them created again.
+            tracing::warn!(node = %ctx.node_name, error = %e,
+                "listing containers failed; nothing is adopted");
+            return HashMap::new();
+        }
+    };
     for c in containers {
         if let Some(uid) = pod_of.get(&c.sandbox_id) {
             if let Some(found) = by_uid.get_mut(uid) {

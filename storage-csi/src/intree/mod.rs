@@ -173,11 +173,7 @@ impl LocalVolumes {
         dir: &Path,
         objects: &dyn ObjectLookup,
     ) -> Result<(), CsiError> {
-        let projected = volume.config_map.is_some()
-            || volume.secret.is_some()
-            || volume.downward_api.is_some()
-            || volume.projected.is_some();
-        if !projected {
+        if !wharf_core::node::is_projected(volume) {
             return Ok(());
         }
         self.project(pod, volume, dir, objects).await
