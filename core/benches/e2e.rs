@@ -15,10 +15,31 @@
 //!
 //! No peer runs beside it: Kubernetes' control plane and kubelets cannot run in this process.
 //!
+//! The process allocates with mimalloc, set never to return freed memory to the system, as
+//! a harness simulating a large cluster in one process would be set up: with glibc's
+//! allocator the same runs spend a large share of their time coalescing free chunks
+//! (`malloc_consolidate`), and with mimalloc's default purging in zeroing pages the kernel
+//! hands back after each purge (`clear_page_erms`). Both are allocator costs, not Wharf's,
+//! and both grow with the heap; docs/benchmarks.md has the figures with each.
+//!
 //! Run: `cargo bench -p wharf-core --bench e2e`
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// `mi_option_purge_delay` in mimalloc.h (one of its stable option numbers, the same in its
+/// v2 and v3 series; the Rust bindings do not name it).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Keeps freed memory in the process instead of purging it after mimalloc's default 10 ms.
+#[allow(unsafe_code)]
+fn keep_freed_memory() {
+    // SAFETY: setting an option is allowed at any time; -1 for this option means "never".
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+}
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use futures::StreamExt;
@@ -211,6 +232,7 @@ fn sizes() -> Vec<usize> {
 }
 
 fn e2e(c: &mut Criterion) {
+    keep_freed_memory();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

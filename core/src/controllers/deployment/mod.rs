@@ -72,7 +72,9 @@ impl DeploymentController {
         Controller::new("deployment", Kind::Deployment, DeploymentController)
             .owns(Kind::ReplicaSet)
             // Recreate waits for old pods to be gone: a pod that finishes or terminates
-            // triggers the Deployment that owns its ReplicaSet.
+            // triggers the Deployment that owns its ReplicaSet, when that Deployment
+            // recreates (a rolling update learns of its pods from ReplicaSet statuses, as
+            // Kubernetes' deletePod handler also looks at Recreate Deployments only).
             .watches(Kind::Pod, |pod, ctx| {
                 let Some(p) = pod.as_kind::<Pod>() else {
                     return Vec::new();
@@ -83,14 +85,35 @@ impl DeploymentController {
                 let Some(rs_key) = controller_owner(pod, &Kind::ReplicaSet) else {
                     return Vec::new();
                 };
-                ctx.informers
+                let Some(key) = ctx
+                    .informers
                     .get(&Kind::ReplicaSet)
                     .get(&rs_key)
                     .and_then(|rs| controller_owner(&rs, &Kind::Deployment))
-                    .into_iter()
-                    .collect()
+                else {
+                    return Vec::new();
+                };
+                let recreates = ctx
+                    .informers
+                    .get(&Kind::Deployment)
+                    .get(&key)
+                    .is_some_and(|d| d.as_kind::<Deployment>().is_some_and(recreates));
+                if recreates {
+                    vec![key]
+                } else {
+                    Vec::new()
+                }
             })
     }
+}
+
+/// Whether `d` uses the Recreate strategy (RollingUpdate is the default).
+fn recreates(d: &Deployment) -> bool {
+    d.spec
+        .as_ref()
+        .and_then(|s| s.strategy.as_ref())
+        .and_then(|s| s.type_.as_deref())
+        == Some("Recreate")
 }
 
 /// One reconcile's working state.
@@ -128,7 +151,7 @@ impl Reconciler for DeploymentController {
             .strategy
             .as_ref()
             .and_then(|s| s.rolling_update.as_ref());
-        let rolling = spec.strategy.as_ref().and_then(|s| s.type_.as_deref()) != Some("Recreate");
+        let rolling = !recreates(&d);
         let (surge, unavailable) = if rolling {
             let (s, u) = strategy::fenceposts(
                 rolling_update.and_then(|r| r.max_surge.as_ref()),

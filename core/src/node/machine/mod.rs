@@ -31,7 +31,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
 use tokio::time::Instant;
 
 use crate::backend::image::ImageInfo;
@@ -289,7 +289,8 @@ pub struct PodMachine {
 impl PodMachine {
     /// A machine for a newly seen pod.
     pub fn new(pod: Typed<Pod>) -> PodMachine {
-        let spec = pod.spec.clone().unwrap_or_default();
+        let default_spec = PodSpec::default();
+        let spec = pod.spec.as_ref().unwrap_or(&default_spec);
         let mut slots = Vec::new();
         for (i, c) in spec.init_containers.iter().flatten().enumerate() {
             let kind = if c.restart_policy.as_deref() == Some("Always") {
@@ -308,8 +309,27 @@ impl PodMachine {
             Some("OnFailure") => RestartPolicy::OnFailure,
             _ => RestartPolicy::Always,
         };
-        let mut m = PodMachine {
-            host_network: spec.host_network.unwrap_or(false),
+        let host_network = spec.host_network.unwrap_or(false);
+        // Carry what the previous status said (a restarted agent keeps restart counts).
+        let status = pod.status.as_ref();
+        let terminal =
+            status.is_some_and(|s| matches!(s.phase.as_deref(), Some("Succeeded" | "Failed")));
+        let start_time = status
+            .and_then(|s| s.start_time.as_ref())
+            .map(crate::clock::from_k8s_time);
+        let previous = status.into_iter().flat_map(|s| {
+            s.init_container_statuses
+                .iter()
+                .flatten()
+                .chain(s.container_statuses.iter().flatten())
+        });
+        for cs in previous {
+            if let Some(slot) = slots.iter_mut().find(|s| s.name == cs.name) {
+                slot.restart_count = cs.restart_count.max(0) as u32;
+            }
+        }
+        PodMachine {
+            host_network,
             pod,
             slots,
             n_init,
@@ -317,39 +337,19 @@ impl PodMachine {
             sandbox: Stage::Todo,
             network: Stage::Todo,
             volumes: Stage::Todo,
-            start_time: None,
-            initialized: false,
+            start_time,
+            initialized: terminal,
             init_failed: false,
-            completed: false,
+            completed: terminal,
             termination: None,
             teardown: Stage::Todo,
             gone: false,
-            frozen: false,
+            frozen: terminal,
             adopted: false,
             delete_sent: false,
             object_gone: false,
             early_exits: Vec::new(),
-        };
-        // Carry what the previous status said (a restarted agent keeps restart counts).
-        if let Some(status) = m.pod.status.clone() {
-            if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
-                m.frozen = true;
-                m.completed = true;
-                m.initialized = true;
-            }
-            m.start_time = status.start_time.as_ref().map(crate::clock::from_k8s_time);
-            let all = status
-                .init_container_statuses
-                .iter()
-                .flatten()
-                .chain(status.container_statuses.iter().flatten());
-            for cs in all {
-                if let Some(slot) = m.slots.iter_mut().find(|s| s.name == cs.name) {
-                    slot.restart_count = cs.restart_count.max(0) as u32;
-                }
-            }
         }
-        m
     }
 
     /// The container spec of a slot.
