@@ -80,10 +80,13 @@ impl CacheState {
             return;
         }
         if add {
-            tallies
-                .entry(uid.to_string())
-                .or_default()
-                .apply(object, true);
+            match tallies.get_mut(uid) {
+                Some(tally) => tally.apply(object, true),
+                None => tallies
+                    .entry(uid.to_string())
+                    .or_default()
+                    .apply(object, true),
+            }
         } else if let Some(tally) = tallies.get_mut(uid) {
             tally.apply(object, false);
             if tally.is_empty() {
@@ -98,16 +101,34 @@ impl CacheState {
 
     fn insert(&mut self, object: Arc<Object>) -> Option<Arc<Object>> {
         let key = ObjectKey::of(&object);
-        let uid = Self::controller_uid(&object).to_string();
-        let old = self.objects.insert(key.clone(), object.clone());
+        let uid = Self::controller_uid(&object);
+        // An update (the common case) replaces the values in place: no key is cloned and no
+        // owner uid copied unless the object changed hands.
+        let old = match self.objects.get_mut(&key) {
+            Some(slot) => Some(std::mem::replace(slot, object.clone())),
+            None => self.objects.insert(key.clone(), object.clone()),
+        };
         if let Some(old) = &old {
-            let old_uid = Self::controller_uid(old).to_string();
-            self.tally(&old_uid, old, false);
-            if old_uid != uid {
-                self.unindex(&key, old_uid);
+            let old_uid = Self::controller_uid(old);
+            self.tally(old_uid, old, false);
+            if old_uid == uid {
+                self.tally(uid, &object, true);
+                if let Some(slot) = self
+                    .by_controller
+                    .get_mut(uid)
+                    .and_then(|s| s.get_mut(&key))
+                {
+                    *slot = object;
+                    return Some(old.clone());
+                }
+            } else {
+                self.unindex(&key, old_uid.to_string());
+                self.tally(uid, &object, true);
             }
+        } else {
+            self.tally(uid, &object, true);
         }
-        self.tally(&uid, &object, true);
+        let uid = uid.to_string();
         self.by_controller
             .entry(uid)
             .or_default()
