@@ -114,6 +114,54 @@ async fn runner_triggers_backs_off_requeues_and_counts() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_owned_object_that_changes_controller_reconciles_both_owners() {
+    let (store, clock) = store();
+    let shutdown = CancellationToken::new();
+    let ctx = Context::new(store.clone(), clock, shutdown.clone());
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let controller = Controller::new(
+        "recorder",
+        Kind::ConfigMap,
+        Recorder {
+            log: log.clone(),
+            failures: AtomicU32::new(0),
+            start: tokio::time::Instant::now(),
+        },
+    )
+    .owns(Kind::ConfigMap);
+    let task = tokio::spawn(controller.run(ctx, shutdown.clone()));
+    let a = store.create(config_map("owner-a", None)).await.unwrap();
+    let b = store.create(config_map("owner-b", None)).await.unwrap();
+    let child = store.create(config_map("child", Some(&a))).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let taken = |log: &Mutex<Vec<(String, Duration)>>| -> Vec<String> {
+        let mut names: Vec<String> = log.lock().unwrap().drain(..).map(|(n, _)| n).collect();
+        names.sort();
+        names
+    };
+    taken(&log);
+
+    // A change that keeps the controller reconciles that owner only.
+    let mut edited = (*child).clone();
+    if let Object::ConfigMap(cm) = &mut edited {
+        cm.data = Some([("k".to_string(), "v".to_string())].into());
+    }
+    let child = store.update(edited).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(taken(&log), ["child", "owner-a"]);
+
+    // A change of controller reconciles the old owner (which lost it) and the new one.
+    let mut moved = config_map("child", Some(&b));
+    moved.meta_mut().resource_version = child.meta().resource_version.clone();
+    moved.meta_mut().uid = child.meta().uid.clone();
+    store.update(moved).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(taken(&log), ["child", "owner-a", "owner-b"]);
+    shutdown.cancel();
+    task.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
 async fn informer_lists_again_after_its_watch_lags() {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::with_options(MemoryStoreOptions {
         watch_buffer: 2,
