@@ -6,7 +6,7 @@ mod node_support;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use node_support::*;
 use wharf_core::store::Api;
 
@@ -185,4 +185,41 @@ async fn runtime_is_scanned_once_at_start() {
     assert_eq!(h.starts("kept"), vec![0], "the kept pod was restarted");
     assert_eq!(cstatus(&h.status("keep").await, "kept").restart_count, 0);
     assert_eq!(h.runtime.counts(), (6, 6));
+}
+
+/// A pod whose setup completes at once (sandbox, network, images and starts in one sync, as a
+/// kubelet sync does) is written once, already Running and Ready, and a settled pod is not
+/// written again: every status write wakes every watcher of pods.
+#[tokio::test(start_paused = true)]
+async fn a_pod_is_written_once_per_settled_state() {
+    use futures::{FutureExt, StreamExt};
+    use wharf_core::store::{WatchEvent, WatchOptions};
+
+    let h = Harness::new().await;
+    let mut events = h.pods().watch(&WatchOptions::default()).await.unwrap();
+    h.create(pod("once", vec![container("app"), container("side")]))
+        .await;
+    h.wait("once", Duration::from_secs(60), |s| phase(s) == "Running")
+        .await;
+    h.at(120).await;
+    let mut writes = Vec::new();
+    while let Some(Some(event)) = events.next().now_or_never() {
+        if let WatchEvent::Modified(o) = event.unwrap() {
+            writes.push(
+                o.as_kind::<Pod>()
+                    .unwrap()
+                    .status
+                    .clone()
+                    .unwrap_or_default(),
+            );
+        }
+    }
+    assert_eq!(writes.len(), 1, "status writes: {writes:#?}");
+    let ready = writes[0]
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| c.status.as_str());
+    assert_eq!((phase(&writes[0]), ready), ("Running", Some("True")));
 }
