@@ -183,3 +183,66 @@ async fn dependents_of_a_missing_owner_are_collected_and_live_owners_keep_them()
     .await;
     shutdown.cancel();
 }
+
+/// The collector looks again at an object only when its owners or its deletion state
+/// change: other updates (status writes, data) neither rebuild its graph node nor queue it.
+#[tokio::test(start_paused = true)]
+async fn updates_that_keep_owners_do_not_queue_the_collector() {
+    let (store, clock) = store();
+    let shutdown = CancellationToken::new();
+    let ctx = Context::new(store.clone(), clock, shutdown.clone());
+    let gc = GarbageCollector::new();
+    let metrics = gc.metrics();
+    tokio::spawn(gc.run(ctx, shutdown.clone()));
+    let config_map = |name: &str, owner: Option<&Object>| {
+        let mut cm = ConfigMap::default();
+        cm.metadata.name = Some(name.into());
+        cm.metadata.namespace = Some("default".into());
+        cm.metadata.owner_references = owner.map(|o| {
+            vec![OwnerReference {
+                api_version: "v1".into(),
+                kind: "ConfigMap".into(),
+                name: o.name().into(),
+                uid: o.uid().into(),
+                ..Default::default()
+            }]
+        });
+        cm
+    };
+    let cms: Api<ConfigMap> = Api::namespaced(store.clone(), "default");
+    let owner = store
+        .create(Object::from(config_map("owner", None)))
+        .await
+        .unwrap();
+    let other = store
+        .create(Object::from(config_map("other", None)))
+        .await
+        .unwrap();
+    cms.create(config_map("dependent", Some(&owner)))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let settled = metrics.snapshot().reconciles;
+
+    for i in 0..5 {
+        let mut cm = cms.get("dependent").await.unwrap().to_owned_value();
+        cm.data = Some([("round".to_string(), i.to_string())].into());
+        cms.update(cm).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        metrics.snapshot().reconciles,
+        settled,
+        "data updates queued it"
+    );
+
+    // A change of owners is looked at.
+    let mut cm = cms.get("dependent").await.unwrap().to_owned_value();
+    cm.metadata.owner_references = config_map("x", Some(&other)).metadata.owner_references;
+    cms.update(cm).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(metrics.snapshot().reconciles > settled);
+    // Both owners live: the dependent stays.
+    assert!(cms.get_opt("dependent").await.unwrap().is_some());
+    shutdown.cancel();
+}
