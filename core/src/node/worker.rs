@@ -190,9 +190,13 @@ impl PodWorker {
     }
 
     /// Runs until the pod is gone (or the agent drops the worker's channel).
+    ///
+    /// The adoption and the status write are boxed: a future holds room for its largest
+    /// await, and this one lives as long as the pod, so inlining them would keep several KiB
+    /// per pod allocated while it idles.
     pub async fn run(mut self) {
         if let Some(inherited) = self.inherited.take() {
-            self.adopt(inherited).await;
+            Box::pin(self.adopt(inherited)).await;
         }
         if let Some(sb) = self.machine.sandbox.done().cloned() {
             self.ctx.route(&sb, Some(&self.tx));
@@ -205,7 +209,7 @@ impl PodWorker {
         loop {
             self.settle(&mut pending);
             let now = self.ctx.now();
-            self.write_status(now).await;
+            Box::pin(self.write_status(now)).await;
             if self.machine.is_finished() {
                 break;
             }
