@@ -129,6 +129,7 @@ async fn an_owned_object_that_changes_controller_reconciles_both_owners() {
         },
     )
     .owns(Kind::ConfigMap);
+    let metrics = controller.metrics();
     let task = tokio::spawn(controller.run(ctx, shutdown.clone()));
     let a = store.create(config_map("owner-a", None)).await.unwrap();
     let b = store.create(config_map("owner-b", None)).await.unwrap();
@@ -141,7 +142,9 @@ async fn an_owned_object_that_changes_controller_reconciles_both_owners() {
     };
     taken(&log);
 
-    // A change that keeps the controller reconciles that owner only.
+    // A change that keeps the controller reconciles that owner only, triggered once (the old
+    // state is not mapped again: nothing was merged).
+    let merged = metrics.snapshot().merged;
     let mut edited = (*child).clone();
     if let Object::ConfigMap(cm) = &mut edited {
         cm.data = Some([("k".to_string(), "v".to_string())].into());
@@ -149,6 +152,7 @@ async fn an_owned_object_that_changes_controller_reconciles_both_owners() {
     let child = store.update(edited).await.unwrap();
     tokio::time::sleep(Duration::from_millis(10)).await;
     assert_eq!(taken(&log), ["child", "owner-a"]);
+    assert_eq!(metrics.snapshot().merged, merged);
 
     // A change of controller reconciles the old owner (which lost it) and the new one.
     let mut moved = config_map("child", Some(&b));

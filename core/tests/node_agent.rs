@@ -192,34 +192,62 @@ async fn runtime_is_scanned_once_at_start() {
 /// written again: every status write wakes every watcher of pods.
 #[tokio::test(start_paused = true)]
 async fn a_pod_is_written_once_per_settled_state() {
-    use futures::{FutureExt, StreamExt};
-    use wharf_core::store::{WatchEvent, WatchOptions};
-
     let h = Harness::new().await;
-    let mut events = h.pods().watch(&WatchOptions::default()).await.unwrap();
     h.create(pod("once", vec![container("app"), container("side")]))
         .await;
-    h.wait("once", Duration::from_secs(60), |s| phase(s) == "Running")
+    let status = h
+        .wait("once", Duration::from_secs(60), |s| phase(s) == "Running")
         .await;
-    h.at(120).await;
-    let mut writes = Vec::new();
-    while let Some(Some(event)) = events.next().now_or_never() {
-        if let WatchEvent::Modified(o) = event.unwrap() {
-            writes.push(
-                o.as_kind::<Pod>()
-                    .unwrap()
-                    .status
-                    .clone()
-                    .unwrap_or_default(),
-            );
-        }
-    }
-    assert_eq!(writes.len(), 1, "status writes: {writes:#?}");
-    let ready = writes[0]
+    let ready = status
         .conditions
         .iter()
         .flatten()
         .find(|c| c.type_ == "Ready")
         .map(|c| c.status.as_str());
-    assert_eq!((phase(&writes[0]), ready), ("Running", Some("True")));
+    assert_eq!(ready, Some("True"));
+    assert_eq!(h.counting.status_writes_of("once"), 1);
+    h.at(120).await;
+    assert_eq!(
+        h.counting.status_writes_of("once"),
+        1,
+        "a settled pod was written again"
+    );
+}
+
+/// A deleted pod's last status (its containers terminated, its final phase) is stored before
+/// the agent deletes the object, even when every step of the teardown completes at once.
+#[tokio::test(start_paused = true)]
+async fn a_deleted_pods_final_status_is_written_before_the_object_goes() {
+    use futures::StreamExt;
+    use wharf_core::store::{WatchEvent, WatchOptions};
+
+    let h = Harness::new().await;
+    h.create(pod("last", vec![container("app")])).await;
+    h.wait("last", Duration::from_secs(60), |s| phase(s) == "Running")
+        .await;
+    let mut events = h.pods().watch(&WatchOptions::default()).await.unwrap();
+    h.delete("last").await;
+    h.wait_gone("last", Duration::from_secs(60)).await;
+    let mut last = None;
+    while let Some(event) = events.next().await {
+        match event.unwrap() {
+            WatchEvent::Modified(o) => last = o.as_kind::<Pod>().and_then(|p| p.status.clone()),
+            WatchEvent::Deleted(_) => break,
+            _ => {}
+        }
+    }
+    let last = last.expect("a status before the delete");
+    assert!(
+        matches!(phase(&last), "Succeeded" | "Failed"),
+        "last phase {:?}",
+        last.phase
+    );
+    let app = cstatus(&last, "app");
+    assert!(
+        app.state
+            .as_ref()
+            .and_then(|s| s.terminated.as_ref())
+            .is_some(),
+        "app not terminated in the last status: {app:?}"
+    );
 }

@@ -15,11 +15,8 @@ use k8s_openapi::api::core::v1::{
 };
 use node_support::*;
 use wharf_core::node::{InTreeVolumes, NodeAgent, NodeConfig, SourceObjects};
-use wharf_core::object::{Kind, Object};
-use wharf_core::store::{
-    Api, DeleteOptions, Deleted, ListOptions, ObjectList, PodBinding, Result as StoreResult, Store,
-    WatchOptions, WatchStream,
-};
+use wharf_core::object::Kind;
+use wharf_core::store::Api;
 
 /// Records every call: (volume, the pod's `version` label) for setups, `-volume` for teardowns.
 #[derive(Default)]
@@ -123,61 +120,6 @@ async fn projected_volumes_are_refreshed_while_the_pod_runs() {
     );
 }
 
-/// A store that counts reads (`get`) by kind.
-struct CountingStore {
-    inner: Arc<dyn Store>,
-    gets: Mutex<Vec<Kind>>,
-}
-
-impl CountingStore {
-    fn gets_of(&self, kind: &Kind) -> usize {
-        self.gets
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|k| *k == kind)
-            .count()
-    }
-}
-
-#[async_trait]
-impl Store for CountingStore {
-    async fn create(&self, object: Object) -> StoreResult<Arc<Object>> {
-        self.inner.create(object).await
-    }
-    async fn get(&self, kind: &Kind, ns: Option<&str>, name: &str) -> StoreResult<Arc<Object>> {
-        self.gets.lock().unwrap().push(kind.clone());
-        self.inner.get(kind, ns, name).await
-    }
-    async fn list(&self, kind: &Kind, options: &ListOptions) -> StoreResult<ObjectList> {
-        self.inner.list(kind, options).await
-    }
-    async fn update(&self, object: Object) -> StoreResult<Arc<Object>> {
-        self.inner.update(object).await
-    }
-    async fn update_status(&self, object: Object) -> StoreResult<Arc<Object>> {
-        self.inner.update_status(object).await
-    }
-    async fn delete(
-        &self,
-        kind: &Kind,
-        ns: Option<&str>,
-        name: &str,
-        options: &DeleteOptions,
-    ) -> StoreResult<Deleted> {
-        self.inner.delete(kind, ns, name, options).await
-    }
-    async fn watch(&self, kind: &Kind, options: &WatchOptions) -> StoreResult<WatchStream> {
-        self.inner.watch(kind, options).await
-    }
-    async fn current_resource_version(&self) -> StoreResult<u64> {
-        self.inner.current_resource_version().await
-    }
-    async fn bind(&self, binding: &PodBinding) -> StoreResult<Arc<Object>> {
-        self.inner.bind(binding).await
-    }
-}
-
 /// Records refreshes; the refresh of pods named `slow-*` takes 100 s.
 #[derive(Default)]
 struct SlowRefresh {
@@ -238,11 +180,7 @@ fn pod_with_config(name: &str, config_map: &str) -> Pod {
 async fn refresh_reads_each_source_once_and_blocks_no_other_pod() {
     let mut h = Harness::new().await;
     h.stop_agent().await;
-    let counting = Arc::new(CountingStore {
-        inner: h.store.clone(),
-        gets: Mutex::new(Vec::new()),
-    });
-    h.store = counting.clone();
+    let counting = h.counting.clone();
     let hook = Arc::new(SlowRefresh::default());
     let mut backends = backends(&h);
     backends.in_tree_volumes = Some(hook.clone());

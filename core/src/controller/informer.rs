@@ -18,7 +18,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::owned_pods::{OwnedPods, PodTally};
 use super::ObjectKey;
-use crate::controllers::ownership::controller_of;
 use crate::controllers::pod_state::is_active;
 use crate::object::{Kind, Object};
 use crate::store::{
@@ -37,17 +36,6 @@ pub enum CacheEvent {
     },
     /// The object was removed; this is its last known state.
     Deleted(Arc<Object>),
-}
-
-impl CacheEvent {
-    /// The objects of the event: the old state (if any) and the new or last state.
-    pub fn objects(&self) -> impl Iterator<Item = &Arc<Object>> {
-        let (a, b) = match self {
-            CacheEvent::Applied { old, new } => (old.as_ref(), Some(new)),
-            CacheEvent::Deleted(o) => (None, Some(o)),
-        };
-        a.into_iter().chain(b)
-    }
 }
 
 struct CacheState {
@@ -76,7 +64,7 @@ impl CacheState {
         let Some(tallies) = self.tallies.as_mut() else {
             return;
         };
-        if uid.is_empty() || controller_of(object).is_none_or(|r| r.kind != "ReplicaSet") {
+        if uid.is_empty() || super::controller_of(object).is_none_or(|r| r.kind != "ReplicaSet") {
             return;
         }
         if add {
@@ -101,38 +89,31 @@ impl CacheState {
 
     fn insert(&mut self, object: Arc<Object>) -> Option<Arc<Object>> {
         let key = ObjectKey::of(&object);
-        let uid = Self::controller_uid(&object);
         // An update (the common case) replaces the values in place: no key is cloned and no
-        // owner uid copied unless the object changed hands.
+        // owner uid copied unless the object is new or changed hands.
         let old = match self.objects.get_mut(&key) {
             Some(slot) => Some(std::mem::replace(slot, object.clone())),
             None => self.objects.insert(key.clone(), object.clone()),
         };
+        let uid = Self::controller_uid(&object);
         if let Some(old) = &old {
             let old_uid = Self::controller_uid(old);
             self.tally(old_uid, old, false);
-            if old_uid == uid {
-                self.tally(uid, &object, true);
-                if let Some(slot) = self
-                    .by_controller
-                    .get_mut(uid)
-                    .and_then(|s| s.get_mut(&key))
-                {
-                    *slot = object;
-                    return Some(old.clone());
-                }
-            } else {
+            if old_uid != uid {
                 self.unindex(&key, old_uid.to_string());
-                self.tally(uid, &object, true);
             }
-        } else {
-            self.tally(uid, &object, true);
         }
-        let uid = uid.to_string();
-        self.by_controller
-            .entry(uid)
-            .or_default()
-            .insert(key, object);
+        self.tally(uid, &object, true);
+        match self.by_controller.get_mut(uid) {
+            Some(owned) => {
+                owned.insert(key, object);
+            }
+            None => {
+                let uid = uid.to_string();
+                self.by_controller
+                    .insert(uid, BTreeMap::from([(key, object)]));
+            }
+        }
         old
     }
 

@@ -246,10 +246,10 @@ impl Source {
                     return Vec::new();
                 }
                 let mut keys = mapper(new, ctx);
-                for key in old.map(|o| mapper(o, ctx)).unwrap_or_default() {
-                    if !keys.contains(&key) {
-                        keys.push(key);
-                    }
+                if let Some(old) = old {
+                    keys.extend(mapper(old, ctx));
+                    keys.sort_unstable();
+                    keys.dedup();
                 }
                 keys
             }

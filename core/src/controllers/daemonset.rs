@@ -37,7 +37,6 @@ use k8s_openapi::api::core::v1::{
     Affinity, Node, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod,
     PodSpec, Toleration,
 };
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use super::deployment::strategy::resolve;
 use super::history::{self, CONTROLLER_REVISION_HASH};
@@ -95,10 +94,10 @@ impl DaemonSetController {
 }
 
 /// Whether a Node change can change which DaemonSets should run on it: the node was added or
-/// removed, or its labels, spec (taints, unschedulable), allocatable resources or conditions'
-/// statuses changed. A status write that only renews heartbeat times, addresses or images does
-/// not (Kubernetes' `shouldIgnoreNodeUpdate`).
-pub fn eligibility_may_change(event: &CacheEvent) -> bool {
+/// removed, or its labels or spec (taints) changed, the only parts of a node [`should_run`]
+/// reads. Status writes (heartbeats, conditions, allocatable) do not; a node going NotReady
+/// reaches DaemonSets through the taint it gets (Kubernetes' `shouldIgnoreNodeUpdate`).
+fn eligibility_may_change(event: &CacheEvent) -> bool {
     let CacheEvent::Applied {
         old: Some(old),
         new,
@@ -109,26 +108,7 @@ pub fn eligibility_may_change(event: &CacheEvent) -> bool {
     let (Some(old), Some(new)) = (old.as_kind::<Node>(), new.as_kind::<Node>()) else {
         return true;
     };
-    fn conditions(n: &Node) -> Vec<(&str, &str)> {
-        let mut c: Vec<(&str, &str)> = n
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .into_iter()
-            .flatten()
-            .map(|c| (c.type_.as_str(), c.status.as_str()))
-            .collect();
-        c.sort_unstable();
-        c
-    }
-    fn allocatable(n: &Node) -> Option<&BTreeMap<String, Quantity>> {
-        n.status.as_ref()?.allocatable.as_ref()
-    }
-    old.metadata.labels != new.metadata.labels
-        || old.metadata.deletion_timestamp != new.metadata.deletion_timestamp
-        || old.spec != new.spec
-        || allocatable(old) != allocatable(new)
-        || conditions(old) != conditions(new)
+    old.metadata.labels != new.metadata.labels || old.spec != new.spec
 }
 
 /// Adds (or updates) `toleration` in `spec`, replacing one with the same key, operator, value
@@ -705,6 +685,7 @@ mod tests {
     fn only_changes_that_can_affect_eligibility_trigger_a_reconcile() {
         use crate::clock::to_k8s_time;
         use k8s_openapi::api::core::v1::{NodeCondition, NodeStatus};
+        use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
         use std::time::{Duration, UNIX_EPOCH};
 
         let at = |secs: u64| to_k8s_time(UNIX_EPOCH + Duration::from_secs(secs));
@@ -768,7 +749,8 @@ mod tests {
             .as_mut()
             .unwrap()[0]
             .status = "Unknown".into();
-        assert!(eligibility_may_change(&change(&old, &not_ready)));
+        // A condition alone does not: the node lifecycle controller's taint does.
+        assert!(!eligibility_may_change(&change(&old, &not_ready)));
 
         let mut bigger = base(100);
         bigger.status.as_mut().unwrap().allocatable = Some(
@@ -776,7 +758,8 @@ mod tests {
                 .into_iter()
                 .collect(),
         );
-        assert!(eligibility_may_change(&change(&old, &bigger)));
+        // Resources do not matter to a DaemonSet's placement.
+        assert!(!eligibility_may_change(&change(&old, &bigger)));
 
         // A node that comes or goes always does.
         let object = Arc::new(Object::from(old.clone()));

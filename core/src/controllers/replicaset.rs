@@ -21,6 +21,7 @@ use async_trait::async_trait;
 use futures::future::join_all;
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetCondition, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::ownership::{claim, controller_reference, selector_of};
 
@@ -219,7 +220,7 @@ impl Reconciler for ReplicaSetController {
         let next_available = counts.next_available;
         set_failure_condition(&mut status, manage_error.as_ref(), ctx);
         if rs.status.as_ref() != Some(&status) {
-            let written = write_status(ctx, &object, rs.to_owned_value(), status).await?;
+            let written = write_status(ctx, &object, status).await?;
             // The next reconcile reads the ReplicaSet from the informer: once it holds this
             // write, that reconcile does not conflict on a stale resourceVersion.
             ctx.informers
@@ -239,36 +240,27 @@ impl Reconciler for ReplicaSetController {
     }
 }
 
-/// Writes `status` as Kubernetes' `updateReplicaSetStatus` does: on a conflict (the
-/// Deployment controller rescaled the ReplicaSet since the informer's copy), once more onto
-/// the latest ReplicaSet read from the store. The status keeps the `observedGeneration` it
-/// was computed for, so a newer spec still reads as not yet observed.
+/// Writes `status` through the status subresource, which takes only the status and the uid:
+/// a Deployment rescaling the ReplicaSet meanwhile (a newer resourceVersion) does not make it
+/// conflict, as Kubernetes' `updateReplicaSetStatus` retries onto the latest ReplicaSet. The
+/// status keeps the `observedGeneration` it was computed for, so a newer spec still reads as
+/// not yet observed.
 async fn write_status(
     ctx: &Context,
     object: &Arc<Object>,
-    mut rs: ReplicaSet,
     status: ReplicaSetStatus,
 ) -> Result<Arc<Object>, ControllerError> {
-    rs.status = Some(status.clone());
-    let conflict = match ctx.store.update_status(rs.into_object()).await {
-        Ok(written) => return Ok(written),
-        Err(e @ StoreError::Conflict { .. }) => e,
-        Err(e) => return Err(ControllerError::store("update status of", object, e)),
+    let meta = object.meta();
+    let rs = ReplicaSet {
+        metadata: ObjectMeta {
+            name: meta.name.clone(),
+            namespace: meta.namespace.clone(),
+            uid: meta.uid.clone(),
+            ..Default::default()
+        },
+        spec: None,
+        status: Some(status),
     };
-    let latest = ctx
-        .store
-        .get(&Kind::ReplicaSet, object.namespace(), object.name())
-        .await
-        .map_err(|e| ControllerError::store("get", object, e))?;
-    // Another ReplicaSet of the same name is not this reconcile's to write.
-    let Some(mut rs) = latest
-        .as_kind::<ReplicaSet>()
-        .filter(|_| latest.uid() == object.uid())
-        .cloned()
-    else {
-        return Err(ControllerError::store("update status of", object, conflict));
-    };
-    rs.status = Some(status);
     ctx.store
         .update_status(rs.into_object())
         .await

@@ -191,9 +191,9 @@ impl PodWorker {
 
     /// Runs until the pod is gone (or the agent drops the worker's channel).
     ///
-    /// The adoption and the status write are boxed: a future holds room for its largest
-    /// await, and this one lives as long as the pod, so inlining them would keep several KiB
-    /// per pod allocated while it idles.
+    /// The adoption is boxed: a future holds room for its largest await, and this one lives
+    /// as long as the pod, so inlining it would keep several KiB per pod allocated while it
+    /// idles.
     pub async fn run(mut self) {
         if let Some(inherited) = self.inherited.take() {
             Box::pin(self.adopt(inherited)).await;
@@ -208,8 +208,10 @@ impl PodWorker {
         let mut pending: Pending = FuturesUnordered::new();
         loop {
             self.settle(&mut pending);
+            if let Some(status) = self.status_to_write(self.ctx.now()) {
+                self.write_status(status).await;
+            }
             let now = self.ctx.now();
-            Box::pin(self.write_status(now)).await;
             if self.machine.is_finished() {
                 break;
             }
@@ -324,12 +326,21 @@ impl PodWorker {
     /// until nothing more completes at once: a run of steps that finish immediately (as on
     /// simulated backends) ends in one status write, as one kubelet sync does, instead of one
     /// write per step.
+    ///
+    /// The pod's final delete is pushed but not started: the caller writes the status first,
+    /// so the pod's last status (terminated containers, its final phase) is stored before the
+    /// object goes, as a kubelet deletes only a pod whose status is synced.
     fn settle(&mut self, pending: &mut Pending) {
         loop {
             let now = self.ctx.now();
+            let mut deleting = false;
             for action in self.machine.decide(now) {
                 tracing::trace!(pod = ?self.machine.pod.metadata.name, ?action, "action");
+                deleting |= matches!(action, Action::DeletePod);
                 pending.push(self.execute(action));
+            }
+            if deleting {
+                return;
             }
             // Polling with a no-op waker is sound here: the caller polls `pending` again with
             // its own waker (in its select) before it waits.
@@ -352,9 +363,10 @@ impl PodWorker {
         }
     }
 
-    async fn write_status(&mut self, now: Now) {
+    /// The status to write now, if it differs from what this worker wrote last.
+    fn status_to_write(&self, now: Now) -> Option<PodStatus> {
         if self.machine.frozen || self.machine.gone {
-            return;
+            return None;
         }
         // Transition times come from what this worker wrote last (pod updates may lag behind
         // it); conditions owned by others (readiness gates) from the pod object.
@@ -387,11 +399,12 @@ impl PodWorker {
             self.ctx.host_ip,
             prev.as_ref(),
         );
-        if self.written.as_ref() == Some(&status) {
-            return;
-        }
-        // The status subresource takes only the status (and checks the uid): the pod's
-        // metadata and spec are not copied into the write.
+        (self.written.as_ref() != Some(&status)).then_some(status)
+    }
+
+    /// Writes `status` through the status subresource, which takes only the status (and
+    /// checks the uid): the pod's metadata and spec are not copied into the write.
+    async fn write_status(&mut self, status: PodStatus) {
         let meta = &self.machine.pod.metadata;
         let pod = Pod {
             metadata: ObjectMeta {

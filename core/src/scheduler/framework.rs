@@ -165,37 +165,23 @@ impl PodInfo {
     /// old version is kept when the fields it came from are unchanged (the common case: the
     /// watch confirms a binding), and computed again otherwise.
     pub fn refreshed(&self, object: Arc<Object>) -> PodInfo {
-        if self.same_inputs(&object) {
-            self.with_object(object)
-        } else {
-            PodInfo::new(object)
-        }
+        self.refreshed_if_same(&object)
+            .unwrap_or_else(|| PodInfo::new(object))
     }
 
-    /// Whether `object`, a newer version of this pod, asks for what this one accounts for
-    /// (requests, host ports, affinity), so its view can be kept.
-    pub fn same_inputs(&self, object: &Object) -> bool {
-        match (self.object.as_kind::<Pod>(), object.as_kind::<Pod>()) {
-            (Some(old), Some(new)) => same_scheduling_inputs(old, new),
-            _ => false,
-        }
-    }
-
-    /// This view for `object`, a newer version of the pod with the same inputs.
-    fn with_object(&self, object: Arc<Object>) -> PodInfo {
-        PodInfo {
-            object,
+    /// This view for `object`, a newer version of the pod, when it asks for what this one
+    /// accounts for (requests, host ports, affinity); `None` when it asks for something else.
+    pub fn refreshed_if_same(&self, object: &Arc<Object>) -> Option<PodInfo> {
+        let (Some(old), Some(new)) = (self.object.as_kind::<Pod>(), object.as_kind::<Pod>()) else {
+            return None;
+        };
+        same_scheduling_inputs(old, new).then(|| PodInfo {
+            object: object.clone(),
             requests: self.requests.clone(),
             non_zero: self.non_zero,
             host_ports: self.host_ports.clone(),
             has_pod_affinity: self.has_pod_affinity,
-        }
-    }
-
-    /// [`refreshed`](Self::refreshed) when `object` has the same inputs, else `None`.
-    pub fn refreshed_if_same(&self, object: &Arc<Object>) -> Option<PodInfo> {
-        self.same_inputs(object)
-            .then(|| self.with_object(object.clone()))
+        })
     }
 
     /// The pod.

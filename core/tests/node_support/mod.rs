@@ -3,8 +3,10 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
 
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodStatus};
 use tokio::time::Instant;
@@ -12,8 +14,11 @@ use wharf_core::backend::runtime::RuntimeEventKind;
 use wharf_core::node::{Backends, NodeAgent, NodeConfig, NodeHandle, PathOnlyVolumes};
 use wharf_core::sim::{SimImage, SimImageService, SimNetwork, SimProber, SimRuntime, SimVolumes};
 use wharf_core::store::memory::MemoryStore;
-use wharf_core::store::{Api, DeleteOptions, Store};
-use wharf_core::{Clock, Typed};
+use wharf_core::store::{
+    Api, DeleteOptions, Deleted, ListOptions, ObjectList, PodBinding, Result as StoreResult, Store,
+    WatchOptions, WatchStream,
+};
+use wharf_core::{Clock, Kind, Object, Typed};
 
 pub const NODE: &str = "n1";
 /// The CSI driver every harness node runs.
@@ -26,10 +31,85 @@ pub enum Ev {
     Exited(String, i32),
 }
 
+/// The harness's store: a MemoryStore that counts reads (`get`) by kind and status writes by
+/// object name.
+pub struct CountingStore {
+    inner: Arc<dyn Store>,
+    gets: Mutex<Vec<Kind>>,
+    status_writes: Mutex<Vec<String>>,
+}
+
+impl CountingStore {
+    /// Reads of objects of `kind` so far.
+    pub fn gets_of(&self, kind: &Kind) -> usize {
+        self.gets
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|k| *k == kind)
+            .count()
+    }
+
+    /// Status writes (`update_status` calls, whether or not they changed anything) to objects
+    /// named `name` so far.
+    pub fn status_writes_of(&self, name: &str) -> usize {
+        self.status_writes
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|n| *n == name)
+            .count()
+    }
+}
+
+#[async_trait]
+impl Store for CountingStore {
+    async fn create(&self, object: Object) -> StoreResult<Arc<Object>> {
+        self.inner.create(object).await
+    }
+    async fn get(&self, kind: &Kind, ns: Option<&str>, name: &str) -> StoreResult<Arc<Object>> {
+        self.gets.lock().unwrap().push(kind.clone());
+        self.inner.get(kind, ns, name).await
+    }
+    async fn list(&self, kind: &Kind, options: &ListOptions) -> StoreResult<ObjectList> {
+        self.inner.list(kind, options).await
+    }
+    async fn update(&self, object: Object) -> StoreResult<Arc<Object>> {
+        self.inner.update(object).await
+    }
+    async fn update_status(&self, object: Object) -> StoreResult<Arc<Object>> {
+        self.status_writes
+            .lock()
+            .unwrap()
+            .push(object.name().to_string());
+        self.inner.update_status(object).await
+    }
+    async fn delete(
+        &self,
+        kind: &Kind,
+        ns: Option<&str>,
+        name: &str,
+        options: &DeleteOptions,
+    ) -> StoreResult<Deleted> {
+        self.inner.delete(kind, ns, name, options).await
+    }
+    async fn watch(&self, kind: &Kind, options: &WatchOptions) -> StoreResult<WatchStream> {
+        self.inner.watch(kind, options).await
+    }
+    async fn current_resource_version(&self) -> StoreResult<u64> {
+        self.inner.current_resource_version().await
+    }
+    async fn bind(&self, binding: &PodBinding) -> StoreResult<Arc<Object>> {
+        self.inner.bind(binding).await
+    }
+}
+
 pub struct Harness {
     pub t0: Instant,
     pub clock: Clock,
     pub store: Arc<dyn Store>,
+    /// The same store, with its counts.
+    pub counting: Arc<CountingStore>,
     pub runtime: SimRuntime,
     pub images: SimImageService,
     pub network: SimNetwork,
@@ -53,7 +133,12 @@ impl Harness {
     /// A store, simulated backends serving image `img:1` (and `img:latest`), and a started agent.
     pub async fn new() -> Harness {
         let clock = Clock::starting_at(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000));
-        let store: Arc<dyn Store> = Arc::new(MemoryStore::with_clock(clock));
+        let counting = Arc::new(CountingStore {
+            inner: Arc::new(MemoryStore::with_clock(clock)),
+            gets: Mutex::new(Vec::new()),
+            status_writes: Mutex::new(Vec::new()),
+        });
+        let store: Arc<dyn Store> = counting.clone();
         let runtime = SimRuntime::new(clock);
         runtime.record_configs(true);
         let images = SimImageService::new();
@@ -63,6 +148,7 @@ impl Harness {
             t0: Instant::now(),
             clock,
             store,
+            counting,
             runtime,
             images,
             network: SimNetwork::new("10.244.1.0/24").unwrap(),

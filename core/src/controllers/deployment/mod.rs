@@ -126,13 +126,12 @@ struct Sync<'a> {
     unavailable: i32,
     rolling: bool,
     replica_sets: Informer,
-    pods: Informer,
     conditions: Vec<DeploymentCondition>,
     collision_count: Option<i32>,
-    /// What each ReplicaSet's pods amount to, by ReplicaSet uid and minReadySeconds, read from
-    /// the pod informer once per reconcile: every question a reconcile asks about one
-    /// ReplicaSet's pods is answered from the same snapshot.
-    pod_counts: std::sync::Mutex<HashMap<(String, i32), OwnedPods>>,
+    /// What each ReplicaSet's pods amount to, by ReplicaSet uid, read from the pod informer
+    /// once when the reconcile starts: every question it asks about pods is answered from the
+    /// same snapshot (a ReplicaSet it creates has none).
+    pod_counts: HashMap<String, OwnedPods>,
 }
 
 #[async_trait]
@@ -171,6 +170,20 @@ impl Reconciler for DeploymentController {
             .filter_map(|o| o.as_kind::<ReplicaSet>().cloned())
             .collect();
         sort_by_creation(&mut all);
+        let now = ctx.clock.now();
+        let pod_counts = all
+            .iter()
+            .map(|rs| {
+                let uid = rs.metadata.uid.clone().unwrap_or_default();
+                let min_ready = rs
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.min_ready_seconds)
+                    .unwrap_or(0);
+                let counts = pods.owned_pods(&uid, &BTreeMap::new(), min_ready, now);
+                (uid, counts)
+            })
+            .collect();
 
         let mut sync = Sync {
             ctx,
@@ -187,8 +200,7 @@ impl Reconciler for DeploymentController {
             unavailable,
             rolling,
             replica_sets,
-            pods,
-            pod_counts: Default::default(),
+            pod_counts,
         };
 
         if sync.d.metadata.deletion_timestamp.is_some() {
@@ -501,25 +513,10 @@ impl Sync<'_> {
         spec_replicas(rs).max(self.active_pods(rs))
     }
 
-    /// What a ReplicaSet's pods amount to, from the pod informer's per-owner tally, read on
-    /// the reconcile's first question about that ReplicaSet.
+    /// What a ReplicaSet's pods amount to, as the reconcile found them.
     fn owned_pods(&self, rs: &ReplicaSet) -> OwnedPods {
         let uid = rs.metadata.uid.as_deref().unwrap_or("");
-        let min_ready = rs
-            .spec
-            .as_ref()
-            .and_then(|s| s.min_ready_seconds)
-            .unwrap_or(0);
-        let mut counts = self
-            .pod_counts
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *counts
-            .entry((uid.to_string(), min_ready))
-            .or_insert_with(|| {
-                self.pods
-                    .owned_pods(uid, &BTreeMap::new(), min_ready, self.ctx.clock.now())
-            })
+        self.pod_counts.get(uid).copied().unwrap_or_default()
     }
 
     fn active_pods(&self, rs: &ReplicaSet) -> i32 {
