@@ -78,11 +78,6 @@ impl ContainerIo {
         }
     }
 
-    /// True when nobody is attached (nothing to copy output to).
-    pub fn is_unattached(&self) -> bool {
-        self.attachers.is_empty()
-    }
-
     /// Registers client `client` as an attacher: the `attached` reply and the
     /// descriptors that go with it. With `want_stdin` it may write the container's
     /// stdin; only such an attacher takes a `stdin_once` container's pipe.

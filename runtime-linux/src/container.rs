@@ -43,6 +43,11 @@ pub struct CreateOptions {
     /// Pass the caller's descriptors 3 … 3+N-1 to the container's process (runc's
     /// `--preserve-fds`); every other descriptor is closed in the child.
     pub preserve_fds: u32,
+    /// The bundle is this container's state directory, written there by the caller
+    /// (`LinuxRuntime`: one directory per container): the create takes the directory over
+    /// instead of refusing it as an existing container, and the bundle then goes with the
+    /// container (or with a failed create). Never set for a user's bundle.
+    pub adopt_bundle_dir: bool,
 }
 
 /// A terminal for an exec'd process.
@@ -286,14 +291,13 @@ impl Engine {
         };
         let taken_over = match std::fs::create_dir(&dir.path) {
             Ok(()) => false,
-            // A bundle written into the state directory itself (what `LinuxRuntime`
-            // does: one directory per container) is taken over while no state exists.
-            // The claim, made exclusively, keeps a second create of the id out: the
-            // directory's existence no longer does. The bundle then belongs to the
-            // container, and goes with it (or with a failed create).
+            // A bundle the caller wrote into the state directory itself
+            // (`opts.adopt_bundle_dir`) is taken over while no state exists. The claim,
+            // made exclusively, keeps a second create of the id out: the directory's
+            // existence no longer does.
             Err(e)
                 if e.kind() == std::io::ErrorKind::AlreadyExists
-                    && bundle.dir == dir.path
+                    && opts.adopt_bundle_dir
                     && !dir.state().exists() =>
             {
                 std::fs::OpenOptions::new()

@@ -41,7 +41,7 @@ use crate::state::{self, Status};
 use crate::stdio::ChildStdio;
 use crate::sys;
 
-pub use crate::protocol::{read_reply, Event, ExecMode, ExecProcess, Reply, Request};
+pub use crate::protocol::{Event, ExecMode, ExecProcess, Reply, Request};
 
 /// How long an idle monitor lingers before exiting.
 pub const IDLE_EXIT: Duration = Duration::from_secs(2);
@@ -200,8 +200,10 @@ impl Monitor {
         for s in list {
             if s.status == Status::Stopped {
                 if s.exit.is_none() {
-                    // Exited while no monitor watched, and nobody can know its code.
-                    self.record_unknown_exit(&s.id, s.pid);
+                    // Exited while no monitor watched, and nobody can know its code. A
+                    // stopped container's state shows no pid: its record keeps it.
+                    let pid = self.engine.record(&s.id).map_or(s.pid, |r| r.pid);
+                    self.record_unknown_exit(&s.id, pid);
                 }
                 continue;
             }
@@ -616,6 +618,8 @@ impl Monitor {
             // The monitor's own descriptors (its socket, other containers' pipes) never
             // reach a container.
             preserve_fds: 0,
+            // `LinuxRuntime` writes each bundle into the container's state directory.
+            adopt_bundle_dir: bundle.dir == self.engine.dir(id).path,
         };
         let (rec, console) = self.engine.create_with_console(id, &bundle, &opts)?;
         let ends = stdio.into_parent_ends();
@@ -805,8 +809,8 @@ impl Monitor {
                                 }
                             }
                             let lagging = match self.ios.get_mut(id) {
-                                Some(io) if !io.is_unattached() => io.fan_out(stream, &buf[..n]),
-                                _ => Vec::new(),
+                                Some(io) => io.fan_out(stream, &buf[..n]),
+                                None => Vec::new(),
                             };
                             if !lagging.is_empty() {
                                 let id = id.clone();

@@ -3,8 +3,6 @@
 //! says so). Shared by the monitor ([`crate::monitor`]) and its clients
 //! ([`crate::client`], [`crate::runtime`]); it holds no behaviour of either.
 
-use std::io::{self, BufRead};
-use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -196,13 +194,4 @@ impl Reply {
             message: e.to_string(),
         }
     }
-}
-
-/// Reads one line from a blocking stream (for synchronous clients).
-pub fn read_reply(stream: &mut io::BufReader<UnixStream>) -> io::Result<Reply> {
-    let mut line = String::new();
-    if stream.read_line(&mut line)? == 0 {
-        return Err(io::ErrorKind::UnexpectedEof.into());
-    }
-    serde_json::from_str(&line).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }

@@ -1148,23 +1148,24 @@ impl ContainerRuntime for LinuxRuntime {
     async fn start_container(&self, container_id: &str) -> BackendResult<()> {
         let inner = Arc::clone(&self.inner);
         let id = container_id.to_string();
-        // Releasing the process is a few small file operations; poststart hooks, if
-        // any, may run for long.
-        blocking(move || {
-            let rec = inner.engine.release(&id)?;
-            inner.engine.run_poststart(&rec);
-            Ok::<(), Error>(())
-        })
-        .await
-        .map_err(|e| {
-            BackendError::new(
-                ErrorKind::Internal,
-                "start container",
-                container_id,
-                e.to_string(),
-            )
-        })?
-        .map_err(|e| backend("start container", container_id, e))?;
+        // Releasing the process is a few small file operations, done here (a thread hop
+        // costs more); poststart hooks, if any, may run for long, on a blocking thread.
+        let rec = inner
+            .engine
+            .release(&id)
+            .map_err(|e| backend("start container", container_id, e))?;
+        if !rec.poststart.is_empty() {
+            blocking(move || inner.engine.run_poststart(&rec))
+                .await
+                .map_err(|e| {
+                    BackendError::new(
+                        ErrorKind::Internal,
+                        "start container",
+                        container_id,
+                        e.to_string(),
+                    )
+                })?;
+        }
         let sb = self
             .inner
             .meta(container_id)

@@ -579,3 +579,21 @@ fn preserve_fds_passes_descriptors_to_the_container() {
         ""
     );
 }
+
+/// A user's bundle that happens to sit where the container's state directory would be is not
+/// taken over: the create is refused as an existing container, and the bundle stays whole.
+#[test]
+fn a_bundle_at_the_state_directory_is_refused_and_kept() {
+    let root = Root(TempDir::new("cli-bundle-in-state"));
+    let state = root.0.path().join("state");
+    let b = state.join("c1");
+    common::write_bundle(&b, &common::spec(&root.rootfs(), &["true"]));
+    let o = runc_detached(&state, &["create", "--bundle", b.to_str().unwrap(), "c1"]);
+    if o.status.success() {
+        // Taken over: remove the container it made before failing.
+        runc(&state, &["delete", "--force", "c1"]);
+    }
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("c1"), "{}", text(&o));
+    assert!(b.join("config.json").exists(), "the bundle was removed");
+}
